@@ -1,0 +1,1 @@
+"""Model parts: the named random-weight architectures (``factory``) and the project tokenizer (``vocab``)."""

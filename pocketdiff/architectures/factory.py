@@ -1,0 +1,128 @@
+"""Named Stable Diffusion architectures, built with random weights from config.
+
+``sd15`` is the exact SD1.5 component set (UNet, VAE, CLIP ViT-L/14 text encoder, PNDM scheduler
+config) for latency, FLOPs, memory, export and parity work, none of which depend on weight values.
+``tiny`` uses the same block types at toy width for fast tests. Both use the project-written
+tokenizer (``architectures/tokenizer/``), since no CLIP vocabulary can be downloaded here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pocketdiff.architectures.vocab import TOKENIZER_DIR, vocab_size
+from pocketdiff.errors import choice_error
+
+# SD1.5's shipped scheduler config (PNDM/PLMS). DDIM and the others are derived from it by name.
+SD15_SCHEDULER = {
+    "_class_name": "PNDMScheduler",
+    "beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear", "num_train_timesteps": 1000,
+    "set_alpha_to_one": False, "skip_prk_steps": True, "steps_offset": 1, "trained_betas": None,
+    "clip_sample": False, "prediction_type": "epsilon",
+}
+
+SD15_UNET = {
+    "sample_size": 64, "in_channels": 4, "out_channels": 4, "center_input_sample": False,
+    "flip_sin_to_cos": True, "freq_shift": 0,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+    "block_out_channels": [320, 640, 1280, 1280], "layers_per_block": 2, "downsample_padding": 1,
+    "mid_block_scale_factor": 1, "act_fn": "silu", "norm_num_groups": 32, "norm_eps": 1e-5,
+    "cross_attention_dim": 768, "attention_head_dim": 8,
+}
+
+SD15_VAE = {
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "sample_size": 512,
+    "down_block_types": ["DownEncoderBlock2D"] * 4, "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2, "act_fn": "silu",
+    "norm_num_groups": 32, "scaling_factor": 0.18215,
+}
+
+SD15_TEXT = {  # CLIP ViT-L/14 text tower as shipped with SD1.5
+    "vocab_size": 49408, "hidden_size": 768, "intermediate_size": 3072, "projection_dim": 768,
+    "num_hidden_layers": 12, "num_attention_heads": 12, "max_position_embeddings": 77,
+    "hidden_act": "quick_gelu", "layer_norm_eps": 1e-5, "attention_dropout": 0.0, "dropout": 0.0,
+    "initializer_range": 0.02, "initializer_factor": 1.0, "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1,
+}
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """Configs of one named architecture; ``build`` makes a random-weight diffusers pipeline."""
+
+    unet: dict
+    vae: dict
+    text_encoder: dict
+    scheduler: dict = field(default_factory=lambda: dict(SD15_SCHEDULER))
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae["block_out_channels"]) - 1)
+
+    @property
+    def image_size(self) -> int:
+        return self.unet["sample_size"] * self.vae_scale_factor
+
+
+ARCHITECTURES: dict[str, Architecture] = {
+    "sd15": Architecture(unet=SD15_UNET, vae=SD15_VAE, text_encoder=SD15_TEXT),
+    # SD1.5's block layout (cross-attention down x(n-1) + plain down, cross-attention mid, mirrored up,
+    # layers_per_block 2) at toy width; 8x8 latents, VAE factor 4 -> 32x32 images.
+    "tiny": Architecture(
+        unet={**SD15_UNET, "sample_size": 8, "block_out_channels": [32, 32, 64],
+              "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+              "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+              "norm_num_groups": 8, "cross_attention_dim": 32, "attention_head_dim": 4},
+        vae={**SD15_VAE, "sample_size": 32, "block_out_channels": [16, 32, 32], "layers_per_block": 1,
+             "down_block_types": ["DownEncoderBlock2D"] * 3, "up_block_types": ["UpDecoderBlock2D"] * 3,
+             "norm_num_groups": 8},
+        text_encoder={**SD15_TEXT, "vocab_size": None, "hidden_size": 32, "intermediate_size": 64,
+                      "projection_dim": 32, "num_hidden_layers": 2, "num_attention_heads": 4},
+    ),
+}
+
+
+def get_architecture(name: str) -> Architecture:
+    if name not in ARCHITECTURES:
+        raise choice_error("architecture", name, ARCHITECTURES)
+    return ARCHITECTURES[name]
+
+
+def load_tokenizer(path: str | Path = TOKENIZER_DIR):
+    """transformers ``CLIPTokenizer`` over a CLIP-format folder (the project tokenizer by default)."""
+    from transformers import CLIPTokenizer
+
+    path = Path(path)
+    return CLIPTokenizer(str(path / "vocab.json"), str(path / "merges.txt"), pad_token="<|endoftext|>",
+                         model_max_length=77)
+
+
+def build_pipeline(name: str, seed: int = 0):
+    """A ``StableDiffusionPipeline`` of architecture ``name`` with seeded random weights (fp32, CPU)."""
+    import diffusers
+    import torch
+    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from pocketdiff.runtime.schedulers import get_scheduler_entry, scheduler_name_for
+
+    arch = get_architecture(name)
+    text_cfg = dict(arch.text_encoder)
+    if text_cfg["vocab_size"] is None:
+        text_cfg["vocab_size"] = vocab_size()
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(**arch.unet)
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKL(**arch.vae)
+    torch.manual_seed(seed + 2)
+    text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg))
+    entry = get_scheduler_entry(scheduler_name_for(arch.scheduler))
+    scheduler = getattr(diffusers, entry.diffusers_class).from_config(arch.scheduler)
+    pipe = StableDiffusionPipeline(
+        vae=vae, text_encoder=text_encoder, tokenizer=load_tokenizer(), unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.set_progress_bar_config(disable=True)
+    return pipe

@@ -1,0 +1,140 @@
+"""The ``pocketdiff`` command: one subcommand per stage, plus create / export / generate.
+
+Library code never sees argparse objects: each handler turns its arguments into typed values or a
+config dataclass and calls the library. A :class:`PocketdiffError` becomes a one-line
+``error: ...`` on stderr and exit status 2 (``--debug`` shows the traceback instead).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from pocketdiff.errors import PocketdiffError
+
+log = logging.getLogger("pocketdiff")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, like every other bad input
+        sys.stderr.write(f"error: {message} (see `{self.prog} --help`)\n")
+        sys.exit(2)
+
+
+def _cmd_create(args) -> int:
+    from pocketdiff.architectures.factory import build_pipeline, get_architecture
+    from pocketdiff.pipedir import StageRecord, atomic_output_dir, write_history
+
+    get_architecture(args.arch)
+    with atomic_output_dir(args.out, overwrite=args.force) as tmp:
+        pipe = build_pipeline(args.arch, seed=args.seed)
+        pipe.save_pretrained(str(tmp), safe_serialization=True)
+        write_history(tmp, [StageRecord("create", {"arch": args.arch, "seed": args.seed})])
+    print(f"wrote {args.arch} pipeline with random weights to {args.out}")
+    return 0
+
+
+def _cmd_export(args) -> int:
+    from pocketdiff.errors import choice_error
+
+    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    allowed = ("onnx",)
+    for t in targets:
+        if t not in allowed:
+            raise choice_error("export target", t, allowed)
+    from pocketdiff.export.onnx import export_onnx
+
+    out = export_onnx(args.pipeline, args.out, overwrite=args.force)
+    print(f"wrote ONNX export to {out}")
+    return 0
+
+
+def _cmd_generate(args) -> int:
+    from tqdm import tqdm
+
+    from pocketdiff.generate import GenerateConfig, check_png_path, generate_runtime, generate_torch, save_png
+
+    cfg = GenerateConfig(prompt=args.prompt, steps=args.steps, guidance=args.guidance, seed=args.seed,
+                         scheduler=args.scheduler, negative_prompt=args.negative_prompt,
+                         truncate=args.truncate).validate()
+    check_png_path(args.out)
+    bar = tqdm(desc="denoising", unit="step", disable=args.no_progress, file=sys.stderr)
+
+    def progress(done: int, total: int) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    try:
+        if args.pipeline:
+            result = generate_torch(args.pipeline, cfg, callback=progress)
+        else:
+            result = generate_runtime(args.onnx, cfg, callback=progress, threads=args.threads)
+    finally:
+        bar.close()
+    save_png(result.image, args.out)
+    timings = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in result.timings.items())
+    print(f"wrote {args.out} ({result.unet_calls} steps; {timings})")
+    if args.json:
+        print(json.dumps({"config": cfg.to_dict(), "timings_s": result.timings, "unet_calls": result.unet_calls}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from pocketdiff.architectures.factory import ARCHITECTURES
+    from pocketdiff.runtime.schedulers import SCHEDULERS
+
+    p = _Parser(prog="pocketdiff", description="Make a Stable Diffusion 1.x checkpoint phone-ready.")
+    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    c = sub.add_parser("create", help="write a random-weight pipeline of a named architecture")
+    c.add_argument("--arch", required=True, help=f"one of: {', '.join(ARCHITECTURES)}")
+    c.add_argument("--out", required=True, help="output pipeline folder")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--force", action="store_true", help="replace an existing output folder")
+    c.set_defaults(func=_cmd_create)
+
+    e = sub.add_parser("export", help="export a pipeline's text encoder, UNet and VAE decoder")
+    e.add_argument("--pipeline", required=True, help="diffusers pipeline folder")
+    e.add_argument("--out", required=True, help="output folder (optimum's ONNX Stable Diffusion layout)")
+    e.add_argument("--targets", default="onnx", help="comma-separated; allowed: onnx")
+    e.add_argument("--force", action="store_true", help="replace an existing output folder")
+    e.set_defaults(func=_cmd_export)
+
+    g = sub.add_parser("generate", help="generate one image from a prompt")
+    src = g.add_mutually_exclusive_group(required=True)
+    src.add_argument("--pipeline", help="diffusers pipeline folder (torch path)")
+    src.add_argument("--onnx", help="exported ONNX folder (torch-free reference runtime)")
+    g.add_argument("prompt")
+    g.add_argument("--steps", type=int, default=25)
+    g.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale; <= 1 disables CFG")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--scheduler", default=None, help=f"one of: {', '.join(SCHEDULERS)} (default: the pipeline's)")
+    g.add_argument("--negative-prompt", default="")
+    g.add_argument("--truncate", action="store_true", help="cut prompts over 77 tokens instead of failing")
+    g.add_argument("--out", default="out.png", help="output .png path")
+    g.add_argument("--threads", type=int, default=None, help="runtime threads (default: all cores)")
+    g.add_argument("--json", action="store_true", help="also print config and timings as JSON")
+    g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    g.set_defaults(func=_cmd_generate)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except PocketdiffError as exc:
+        if args.debug:
+            raise
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""Numeric parity between an exported component and its PyTorch original.
+
+One function for every target, in the spirit of apple/ml-stable-diffusion's ``report_correctness``:
+compute max-abs error and PSNR of the candidate against the reference, and raise if either falls
+outside the thresholds of the precision.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from pocketdiff.errors import choice_error
+
+# precision -> (min PSNR dB, max abs error or None)
+THRESHOLDS = {"fp32": (60.0, 1e-3), "fp16": (35.0, None)}
+
+
+class ParityError(AssertionError):
+    """An exported component does not match PyTorch within the thresholds of its precision."""
+
+
+@dataclass(frozen=True)
+class ParityResult:
+    name: str
+    max_abs: float
+    psnr_db: float
+    min_psnr_db: float
+    max_abs_allowed: float | None
+
+    @property
+    def ok(self) -> bool:
+        return self.psnr_db >= self.min_psnr_db and (self.max_abs_allowed is None or self.max_abs <= self.max_abs_allowed)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "ok": self.ok}
+
+
+def psnr(reference: np.ndarray, candidate: np.ndarray) -> float:
+    """PSNR in dB with the reference's peak-to-peak range as signal (inf when identical)."""
+    ref = np.asarray(reference, dtype=np.float64)
+    mse = float(np.mean((ref - np.asarray(candidate, dtype=np.float64)) ** 2))
+    peak = float(ref.max() - ref.min()) or 1.0
+    return math.inf if mse == 0 else 10.0 * math.log10(peak**2 / mse)
+
+
+def check_parity(name: str, reference: np.ndarray, candidate: np.ndarray, precision: str = "fp32") -> ParityResult:
+    """Compare and raise :class:`ParityError` below threshold; returns the measured result."""
+    if precision not in THRESHOLDS:
+        raise choice_error("precision", precision, THRESHOLDS)
+    reference, candidate = np.asarray(reference), np.asarray(candidate)
+    if reference.shape != candidate.shape:
+        raise ParityError(f"{name}: shape {candidate.shape} differs from PyTorch's {reference.shape}")
+    min_psnr, max_abs_allowed = THRESHOLDS[precision]
+    result = ParityResult(
+        name, float(np.abs(reference.astype(np.float64) - candidate).max()), psnr(reference, candidate),
+        min_psnr, max_abs_allowed,
+    )
+    if not result.ok:
+        raise ParityError(
+            f"{name}: parity failed at {precision}: PSNR {result.psnr_db:.1f} dB (need >= {min_psnr}), "
+            f"max abs {result.max_abs:.3g} (allowed {max_abs_allowed})"
+        )
+    return result

@@ -1,0 +1,119 @@
+"""`pocketdiff generate`: one prompt to one image, on the torch/diffusers path or the torch-free runtime.
+
+Both paths take the same :class:`GenerateConfig` and start from the runtime's portable RNG latents,
+so the same seed gives the same image (within 2/255 on the tiny pipeline; a test checks this).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pocketdiff.errors import PocketdiffError
+from pocketdiff.runtime.rng import _check_seed, initial_latents
+from pocketdiff.runtime.sampler import GenerationResult, ProgressCallback, RuntimePipeline, check_generation_args
+from pocketdiff.runtime.schedulers import get_scheduler_entry
+from pocketdiff.runtime.tokenizer import CLIPBPETokenizer
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class GenerateConfig:
+    prompt: str
+    steps: int = 25
+    guidance: float = 7.5
+    seed: int = 0
+    scheduler: str | None = None  # a runtime.schedulers.SCHEDULERS name; None: the pipeline's own
+    negative_prompt: str = ""
+    truncate: bool = False
+
+    def validate(self) -> "GenerateConfig":
+        check_generation_args(self.steps, self.guidance)
+        _check_seed(self.seed)
+        if self.scheduler is not None:
+            get_scheduler_entry(self.scheduler)
+        return self
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _warn_truncation(tokens) -> None:
+    if tokens.truncated:
+        log.warning("prompt truncated to 77 tokens (--truncate)")
+
+
+def generate_runtime(onnx_dir: str | Path, cfg: GenerateConfig, callback: ProgressCallback | None = None,
+                     threads: int | None = None) -> GenerationResult:
+    """The torch-free reference runtime on an exported ONNX folder."""
+    cfg.validate()
+    pipe = RuntimePipeline.from_onnx_dir(onnx_dir, threads=threads)
+    pipe.tokenizer(cfg.prompt, truncate=cfg.truncate)  # fail on an over-long prompt before any model runs
+    result = pipe.generate(cfg.prompt, steps=cfg.steps, guidance=cfg.guidance, seed=cfg.seed,
+                           negative_prompt=cfg.negative_prompt, scheduler=cfg.scheduler, truncate=cfg.truncate,
+                           callback=callback)
+    _warn_truncation(result.tokens)
+    return result
+
+
+def generate_torch(pipeline_dir: str | Path, cfg: GenerateConfig,
+                   callback: ProgressCallback | None = None) -> GenerationResult:
+    """diffusers' ``StableDiffusionPipeline`` from the runtime's initial latents."""
+    import diffusers
+    import torch
+
+    from pocketdiff.pipedir import inspect_pipeline, load_pipeline
+    from pocketdiff.runtime.schedulers import scheduler_name_for
+
+    cfg.validate()
+    info = inspect_pipeline(pipeline_dir)
+    tokens = CLIPBPETokenizer.from_dir(info.tokenizer_dir)(cfg.prompt, truncate=cfg.truncate)
+    entry = get_scheduler_entry(cfg.scheduler or scheduler_name_for(info.scheduler_config))
+    t0 = time.perf_counter()
+    pipe = load_pipeline(pipeline_dir)
+    pipe.scheduler = getattr(diffusers, entry.diffusers_class).from_config(entry.config_for(dict(pipe.scheduler.config)))
+    latents = torch.from_numpy(initial_latents(cfg.seed, (1, *info.latent_shape)))
+    t1 = time.perf_counter()
+    calls = []
+
+    def on_step(pipeline, i, t, kwargs):
+        calls.append(i)
+        if callback:
+            callback(i + 1, len(pipeline.scheduler.timesteps))
+        return kwargs
+
+    with torch.no_grad():
+        out = pipe(cfg.prompt, negative_prompt=cfg.negative_prompt or None, num_inference_steps=cfg.steps,
+                   guidance_scale=cfg.guidance, latents=latents, output_type="np", callback_on_step_end=on_step)
+    image = (out.images[0] * 255).round().astype(np.uint8)
+    t2 = time.perf_counter()
+    _warn_truncation(tokens)
+    return GenerationResult(image, {"load_s": t1 - t0, "generate_s": t2 - t1, "total_s": t2 - t0},
+                            unet_calls=len(calls), tokens=tokens)
+
+
+def check_png_path(out: str | Path) -> Path:
+    """Validate an output image path before any work is done."""
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise PocketdiffError(f"output image must be a .png file, got {out}")
+    if out.is_dir():
+        raise PocketdiffError(f"output image {out} is a folder")
+    return out
+
+
+def save_png(image: np.ndarray, out: str | Path) -> Path:
+    """Write an [H, W, 3] uint8 image atomically."""
+    from PIL import Image
+
+    from pocketdiff.pipedir import atomic_output_file
+
+    out = check_png_path(out)
+    with atomic_output_file(out) as tmp:
+        Image.fromarray(image).save(tmp, format="PNG")
+    return out
