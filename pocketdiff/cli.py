@@ -123,10 +123,24 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class _DropKnownNoise(logging.Filter):
+    """diffusers warns at import that optimum and optimum-onnx share a package name (harmless, ENV.md)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Multiple distributions found for package optimum")
+
+
 def main(argv: list[str] | None = None) -> int:
+    logging.getLogger("diffusers.utils.import_utils").addFilter(_DropKnownNoise())
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
+    try:
+        from diffusers.utils import logging as diffusers_logging
+
+        diffusers_logging.disable_progress_bar()  # "Loading pipeline components" bars; we draw our own
+    except ImportError:
+        pass
     try:
         return args.func(args)
     except PocketdiffError as exc:

@@ -64,9 +64,6 @@ def generate_runtime(onnx_dir: str | Path, cfg: GenerateConfig, callback: Progre
 def generate_torch(pipeline_dir: str | Path, cfg: GenerateConfig,
                    callback: ProgressCallback | None = None) -> GenerationResult:
     """diffusers' ``StableDiffusionPipeline`` from the runtime's initial latents."""
-    import diffusers
-    import torch
-
     from pocketdiff.pipedir import inspect_pipeline, load_pipeline
     from pocketdiff.runtime.schedulers import scheduler_name_for
 
@@ -74,6 +71,10 @@ def generate_torch(pipeline_dir: str | Path, cfg: GenerateConfig,
     info = inspect_pipeline(pipeline_dir)
     tokens = CLIPBPETokenizer.from_dir(info.tokenizer_dir)(cfg.prompt, truncate=cfg.truncate)
     entry = get_scheduler_entry(cfg.scheduler or scheduler_name_for(info.scheduler_config))
+
+    import diffusers
+    import torch
+
     t0 = time.perf_counter()
     pipe = load_pipeline(pipeline_dir)
     pipe.scheduler = getattr(diffusers, entry.diffusers_class).from_config(entry.config_for(dict(pipe.scheduler.config)))
