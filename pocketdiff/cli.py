@@ -75,7 +75,7 @@ def _cmd_generate(args) -> int:
         bar.close()
     save_png(result.image, args.out)
     timings = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in result.timings.items())
-    print(f"wrote {args.out} ({result.unet_calls} steps; {timings})")
+    print(f"wrote {args.out} ({result.unet_calls} denoising steps; {timings})")
     if args.json:
         print(json.dumps({"config": cfg.to_dict(), "timings_s": result.timings, "unet_calls": result.unet_calls}))
     return 0

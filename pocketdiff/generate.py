@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pocketdiff.errors import PocketdiffError
-from pocketdiff.runtime.rng import _check_seed, initial_latents
+from pocketdiff.runtime.rng import check_seed, initial_latents
 from pocketdiff.runtime.sampler import GenerationResult, ProgressCallback, RuntimePipeline, check_generation_args
 from pocketdiff.runtime.schedulers import get_scheduler_entry
 from pocketdiff.runtime.tokenizer import CLIPBPETokenizer
@@ -34,7 +34,7 @@ class GenerateConfig:
 
     def validate(self) -> "GenerateConfig":
         check_generation_args(self.steps, self.guidance)
-        _check_seed(self.seed)
+        check_seed(self.seed)
         if self.scheduler is not None:
             get_scheduler_entry(self.scheduler)
         return self

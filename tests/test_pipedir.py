@@ -36,21 +36,15 @@ def test_missing_component(copy_pipeline, component):
         inspect_pipeline(p)
 
 
-def test_cross_attention_mismatch(copy_pipeline):
+@pytest.mark.parametrize("component,key,value,match", [
+    ("unet", "cross_attention_dim", 48, "cross_attention_dim 48 does not match the text encoder hidden_size 32"),
+    ("vae", "latent_channels", 8, "latent_channels 8 does not match UNet in_channels 4"),
+])
+def test_incompatible_components(copy_pipeline, component, key, value, match):
     p = copy_pipeline()
-    cfg = json.loads((p / "unet" / "config.json").read_text())
-    cfg["cross_attention_dim"] = 48
-    (p / "unet" / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(PocketdiffError, match="cross_attention_dim 48 does not match the text encoder hidden_size 32"):
-        inspect_pipeline(p)
-
-
-def test_latent_channel_mismatch(copy_pipeline):
-    p = copy_pipeline()
-    cfg = json.loads((p / "vae" / "config.json").read_text())
-    cfg["latent_channels"] = 8
-    (p / "vae" / "config.json").write_text(json.dumps(cfg))
-    with pytest.raises(PocketdiffError, match="latent_channels 8 does not match UNet in_channels 4"):
+    f = p / component / "config.json"
+    f.write_text(json.dumps({**json.loads(f.read_text()), key: value}))
+    with pytest.raises(PocketdiffError, match=match):
         inspect_pipeline(p)
 
 

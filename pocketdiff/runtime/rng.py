@@ -24,7 +24,7 @@ import numpy as np
 _MAX_SEED = 2**32 - 1
 
 
-def _check_seed(seed: int) -> int:
+def check_seed(seed: int) -> int:
     from pocketdiff.errors import PocketdiffError
 
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) <= _MAX_SEED:
@@ -34,7 +34,7 @@ def _check_seed(seed: int) -> int:
 
 def initial_latents(seed: int, shape: tuple[int, ...]) -> np.ndarray:
     """Standard-normal float32 latents of ``shape`` for ``seed`` (see module docstring)."""
-    seed = _check_seed(seed)
+    seed = check_seed(seed)
     return np.random.RandomState(seed).standard_normal(shape).astype(np.float32)
 
 
@@ -75,7 +75,7 @@ class _MT19937:
 
 def reference_normals(seed: int, count: int) -> list[float]:
     """The first ``count`` float64 normals for ``seed``, computed without NumPy (porting reference)."""
-    gen = _MT19937(_check_seed(seed))
+    gen = _MT19937(check_seed(seed))
     out: list[float] = []
     while len(out) < count:
         while True:

@@ -260,7 +260,7 @@ class DPMSolverPP2M(Scheduler):
         lower_final = step_index == n - 1 and (
             cfg["euler_at_final"] or (cfg["lower_order_final"] and n < 15) or cfg["final_sigmas_type"] == "zero"
         )
-        lower_second = step_index == n - 2 and cfg["lower_order_final"] and n < 15
+        # (diffusers' `lower_order_second` flag only matters for third-order solvers, which we refuse.)
         alpha_s0, sigma_s0 = self._alpha_sigma(self.sigmas[step_index])
         if cfg["prediction_type"] == "epsilon":
             x0 = (sample - sigma_s0 * model_output) / alpha_s0
@@ -286,7 +286,6 @@ class DPMSolverPP2M(Scheduler):
             else:
                 out = ((sigma_t / sigma_s0) * sample - (alpha_t * (np.exp(-h) - F32(1.0))) * d0
                        + (alpha_t * ((np.exp(-h) - F32(1.0)) / h + F32(1.0))) * d1)
-        del lower_second  # order 2 never needs the third-order fallback flag
         if self._lower_order_nums < cfg["solver_order"]:
             self._lower_order_nums += 1
         return np.asarray(out, dtype=F32)
