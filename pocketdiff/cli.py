@@ -81,6 +81,16 @@ def _cmd_generate(args) -> int:
     return 0
 
 
+def _cmd_toy_train_teacher(args) -> int:
+    from pocketdiff.toyworld.teacher import TeacherRecipe, train_teacher
+
+    recipe = TeacherRecipe.quick() if args.quick else TeacherRecipe()
+    out = train_teacher(args.out, recipe, progress=not args.no_progress)
+    print(f"wrote the toy teacher to {out}/pipeline (eval models: {out}/clip, {out}/checker); "
+          f"work dirs (checkpoints, loss logs) in {out}.work/")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from pocketdiff.architectures.factory import ARCHITECTURES
     from pocketdiff.runtime.schedulers import SCHEDULERS
@@ -120,6 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--json", action="store_true", help="also print config and timings as JSON")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     g.set_defaults(func=_cmd_generate)
+
+    toy = sub.add_parser("toy", help="the toy world and its teacher")
+    toy_sub = toy.add_subparsers(dest="toy_command", required=True, parser_class=_Parser)
+    tt = toy_sub.add_parser("train-teacher", help="train toy CLIP, attribute checker, VAE and UNet (resumable)")
+    tt.add_argument("--out", required=True, help="output folder: pipeline/, clip/, checker/")
+    tt.add_argument("--quick", action="store_true", help="2 steps per part (smoke test, not a usable teacher)")
+    tt.add_argument("--no-progress", action="store_true")
+    tt.set_defaults(func=_cmd_toy_train_teacher)
     return p
 
 

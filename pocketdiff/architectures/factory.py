@@ -81,6 +81,19 @@ ARCHITECTURES: dict[str, Architecture] = {
         text_encoder={**SD15_TEXT, "vocab_size": None, "hidden_size": 32, "intermediate_size": 64,
                       "projection_dim": 32, "num_hidden_layers": 2, "num_attention_heads": 4},
     ),
+    # The toy teacher (pocketdiff toy train-teacher): SD1.5's layout at toy width for 32x32 images
+    # (VAE factor 4 -> 8x8 latents); its text encoder is the toy CLIP's text tower.
+    "toy": Architecture(
+        unet={**SD15_UNET, "sample_size": 8, "block_out_channels": [32, 64, 128],
+              "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+              "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+              "norm_num_groups": 16, "cross_attention_dim": 64, "attention_head_dim": 4},
+        vae={**SD15_VAE, "sample_size": 32, "block_out_channels": [32, 64, 64], "layers_per_block": 1,
+             "down_block_types": ["DownEncoderBlock2D"] * 3, "up_block_types": ["UpDecoderBlock2D"] * 3,
+             "norm_num_groups": 16},
+        text_encoder={**SD15_TEXT, "vocab_size": None, "hidden_size": 64, "intermediate_size": 128,
+                      "projection_dim": 64, "num_hidden_layers": 3, "num_attention_heads": 4},
+    ),
 }
 
 
@@ -99,6 +112,14 @@ def load_tokenizer(path: str | Path = TOKENIZER_DIR):
                          model_max_length=77)
 
 
+def text_encoder_config(arch: Architecture) -> dict:
+    """The architecture's CLIP text config with the project tokenizer's vocab size filled in."""
+    cfg = dict(arch.text_encoder)
+    if cfg["vocab_size"] is None:
+        cfg["vocab_size"] = vocab_size()
+    return cfg
+
+
 def build_pipeline(name: str, seed: int = 0):
     """A ``StableDiffusionPipeline`` of architecture ``name`` with seeded random weights (fp32, CPU)."""
     import diffusers
@@ -109,9 +130,7 @@ def build_pipeline(name: str, seed: int = 0):
     from pocketdiff.runtime.schedulers import get_scheduler_entry, scheduler_name_for
 
     arch = get_architecture(name)
-    text_cfg = dict(arch.text_encoder)
-    if text_cfg["vocab_size"] is None:
-        text_cfg["vocab_size"] = vocab_size()
+    text_cfg = text_encoder_config(arch)
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(**arch.unet)
     torch.manual_seed(seed + 1)

@@ -1,0 +1,1 @@
+"""Training stages and the resumable training loop they share."""

@@ -1,0 +1,136 @@
+"""The resumable training loop every pocketdiff training job uses (accelerate-based).
+
+A job is ``(models, optimizer, batch_fn, loss_fn)``:
+
+* ``batch_fn(step)`` returns the batch for a global step, deterministically, so a resumed run sees the
+  same data as an uninterrupted one;
+* ``loss_fn(models, batch)`` gets the accelerate-prepared models (DDP-wrapped on several GPUs) and returns
+  named loss terms (BK-SDM style) with the weighted total under ``"loss"``;
+  every term is logged separately to ``log.jsonl``.
+
+State (models, optimizer, RNG) is saved with ``accelerator.save_state`` every ``checkpoint_every``
+steps into ``workdir/checkpoint`` (written to a temp folder, then renamed), together with the step
+and a hash of the job config. Re-running with the same config resumes from there; a different
+config is refused rather than silently mixed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from pocketdiff.errors import PocketdiffError
+
+log = logging.getLogger(__name__)
+
+
+class Interrupted(Exception):
+    """Raised by :func:`train` when ``stop_after`` ends a run early (after checkpointing)."""
+
+
+@dataclass
+class LoopConfig:
+    steps: int
+    checkpoint_every: int = 500
+    log_every: int = 25
+    grad_clip: float | None = 1.0
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.steps < 0 or self.checkpoint_every < 1 or self.log_every < 1:
+            raise PocketdiffError(f"bad loop config {self}: steps >= 0, checkpoint_every >= 1, log_every >= 1")
+
+
+def config_hash(config: Any) -> str:
+    data = asdict(config) if hasattr(config, "__dataclass_fields__") else config
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def read_log(workdir: str | Path) -> list[dict]:
+    f = Path(workdir) / "log.jsonl"
+    return [json.loads(line) for line in f.read_text().splitlines()] if f.is_file() else []
+
+
+def train(workdir: str | Path, models: list, optimizer, batch_fn: Callable[[int], Any],
+          loss_fn: Callable[[list, Any], dict], loop: LoopConfig, job_config: Any, name: str = "train",
+          accelerator=None, stop_after: int | None = None, lr_scheduler=None) -> dict:
+    """Run (or resume) a training job; returns {"steps": done, "resumed_from": step, "wall_time_s": s}.
+
+    ``stop_after`` ends the run after that many steps of *this* invocation: it checkpoints, then raises
+    :class:`Interrupted` (tests use it to simulate a killed run).
+    """
+    import torch
+    from accelerate import Accelerator
+    from tqdm import tqdm
+
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    if lr_scheduler is not None:  # prepared so that save_state/load_state include it
+        prepared = acc.prepare(*models, optimizer, lr_scheduler)
+        models, optimizer, lr_scheduler = list(prepared[:-2]), prepared[-2], prepared[-1]
+    else:
+        prepared = acc.prepare(*models, optimizer)
+        models, optimizer = list(prepared[:-1]), prepared[-1]
+    ckpt, meta_file = workdir / "checkpoint", workdir / "checkpoint" / "pocketdiff_loop.json"
+    want_hash = config_hash(job_config)
+    start = 0
+    if meta_file.is_file():
+        meta = json.loads(meta_file.read_text())
+        if meta["config_hash"] != want_hash:
+            raise PocketdiffError(
+                f"{workdir} holds a checkpoint of a different config ({meta['config_hash']} != {want_hash}); "
+                "use a new work dir or delete it"
+            )
+        acc.load_state(str(ckpt))
+        start = meta["step"]
+        log.info("%s: resuming from step %d", name, start)
+    else:
+        (workdir / "log.jsonl").unlink(missing_ok=True)
+
+    def save(step: int) -> None:
+        tmp = workdir / "checkpoint.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        acc.save_state(str(tmp))
+        (tmp / "pocketdiff_loop.json").write_text(json.dumps({"step": step, "config_hash": want_hash}))
+        shutil.rmtree(ckpt, ignore_errors=True)
+        tmp.rename(ckpt)
+
+    for m in models:
+        m.train()
+    t0 = time.perf_counter()
+    bar = tqdm(total=loop.steps, initial=start, desc=name, disable=not loop.progress or not acc.is_main_process)
+    step = start
+    with open(workdir / "log.jsonl", "a") as logf:
+        while step < loop.steps:
+            terms = loss_fn(models, batch_fn(step))
+            optimizer.zero_grad(set_to_none=True)
+            acc.backward(terms["loss"])
+            if loop.grad_clip:
+                acc.clip_grad_norm_([p for m in models for p in m.parameters()], loop.grad_clip)
+            optimizer.step()
+            if lr_scheduler is not None:
+                lr_scheduler.step()
+            step += 1
+            bar.update(1)
+            if step % loop.log_every == 0 or step == loop.steps:
+                rec = {"step": step, **{k: float(v.detach()) for k, v in terms.items()}}
+                logf.write(json.dumps(rec) + "\n")
+                logf.flush()
+                bar.set_postfix(loss=f"{rec['loss']:.4f}")
+            interrupted = stop_after is not None and step - start >= stop_after
+            if step % loop.checkpoint_every == 0 or step == loop.steps or interrupted:
+                save(step)
+            if interrupted:
+                bar.close()
+                raise Interrupted(f"{name}: stopped at step {step} of {loop.steps} (checkpointed)")
+    bar.close()
+    for m in models:
+        m.eval()
+    return {"steps": step, "resumed_from": start, "wall_time_s": time.perf_counter() - t0}

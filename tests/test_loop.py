@@ -1,0 +1,48 @@
+import pytest
+import torch
+
+from pocketdiff.distill.loop import Interrupted, LoopConfig, read_log, train
+from pocketdiff.errors import PocketdiffError
+
+
+def _job(workdir, steps, stop_after=None, lr=0.1):
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
+    data = torch.randn(64, 4, generator=torch.Generator().manual_seed(1))
+
+    def batch_fn(step):
+        return data[(step * 8) % 64:(step * 8) % 64 + 8]
+
+    def loss_fn(models, x):
+        out = models[0](x)
+        return {"loss": (out ** 2).mean(), "mean_out": out.mean().detach()}
+
+    summary = train(workdir, [model], opt, batch_fn, loss_fn, LoopConfig(steps=steps, checkpoint_every=4, log_every=1,
+                    progress=False), {"lr": lr, "steps": steps}, stop_after=stop_after, lr_scheduler=sched)
+    return model, summary
+
+
+def test_resume_equals_uninterrupted(tmp_path):
+    straight, _ = _job(tmp_path / "a", 10)
+    with pytest.raises(Interrupted, match="stopped at step 5 of 10"):
+        _job(tmp_path / "b", 10, stop_after=5)
+    resumed, second = _job(tmp_path / "b", 10)
+    assert second["resumed_from"] == 5 and second["steps"] == 10
+    for p, q in zip(straight.parameters(), resumed.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    log = read_log(tmp_path / "b")
+    assert [r["step"] for r in log] == list(range(1, 11)) and {"loss", "mean_out"} <= set(log[0])
+
+
+def test_finished_job_is_not_retrained(tmp_path):
+    _job(tmp_path, 4)
+    _, again = _job(tmp_path, 4)
+    assert again["resumed_from"] == 4 and again["steps"] == 4
+
+
+def test_config_change_is_refused(tmp_path):
+    _job(tmp_path, 4)
+    with pytest.raises(PocketdiffError, match="checkpoint of a different config"):
+        _job(tmp_path, 4, lr=0.2)
