@@ -11,10 +11,13 @@ import argparse
 import json
 import logging
 import sys
+from pathlib import Path
 
 from pocketdiff.errors import PocketdiffError
 
 log = logging.getLogger("pocketdiff")
+DEFAULT_EVAL_MODELS = Path(__file__).parent / "toyworld" / "assets"  # shipped toy pipeline/, clip/, checker/
+TEACHER_GUIDANCE = 5.0  # the toy teacher's best guidance scale at 50 DDIM steps (docs/toy_teacher.md)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -81,6 +84,52 @@ def _cmd_generate(args) -> int:
     return 0
 
 
+def _cmd_eval(args) -> int:
+    from tqdm import tqdm
+
+    from pocketdiff.benchmarks.quality import EvalModels, evaluate_images, image_grid, prompt_set, write_report
+    from pocketdiff.generate import GenerateConfig, generate_many
+
+    if not str(args.out).endswith(".json"):
+        raise PocketdiffError(f"--out must be a .json file, got {args.out}")
+    cfg = GenerateConfig(prompt="", steps=args.steps, guidance=args.guidance, seed=args.seed,
+                         scheduler=args.scheduler).validate()
+    if args.captions:
+        return _eval_real(args, cfg)
+    items = prompt_set(args.prompts, args.n, args.seed)
+    models = EvalModels.load(args.eval_models)
+    bar = tqdm(total=len(items), desc="generating", unit="img", disable=args.no_progress, file=sys.stderr)
+    try:
+        images = generate_many([it.prompt for it in items], cfg, pipeline_dir=args.pipeline, onnx_dir=args.onnx,
+                               callback=lambda done, total: bar.update(done - bar.n))
+    finally:
+        bar.close()
+    result = evaluate_images(models, items, images, seed=args.seed)
+    result.update(prompts=args.prompts, seed=args.seed, steps=args.steps, guidance=args.guidance,
+                  scheduler=args.scheduler, source=str(args.pipeline or args.onnx))
+    write_report(result, args.out, image_grid(images[:64]))
+    a = result["attributes"]
+    print(f"FID {result['fid']:.2f}  CLIP {result['clip_score']:.2f}  attribute accuracy "
+          f"{result['attribute_accuracy']:.3f} (held-out {a.get('split=heldout', {}).get('all', float('nan')):.3f}) "
+          f"over {result['n']} images -> {args.out}")
+    return 0
+
+
+def _eval_real(args, cfg) -> int:
+    """The COCO-30K protocol for real checkpoints: user captions, reference images, local CLIP."""
+    from pocketdiff.benchmarks.quality import check_real_eval_inputs, evaluate_real, image_grid, write_report
+    from pocketdiff.generate import generate_many
+
+    inputs = check_real_eval_inputs(args.captions, args.reference_dir, args.clip_model, args.inception_weights,
+                                    args.n)
+    images = generate_many(inputs.captions, cfg, pipeline_dir=args.pipeline, onnx_dir=args.onnx)
+    result = {**evaluate_real(inputs, images), "seed": args.seed, "steps": args.steps, "guidance": args.guidance,
+              "scheduler": args.scheduler, "source": str(args.pipeline or args.onnx)}
+    write_report(result, args.out, image_grid(images[:16], cols=4, scale=1))
+    print(f"FID (Inception) {result['fid_inception']:.2f}  CLIP {result['clip_score']:.2f} -> {args.out}")
+    return 0
+
+
 def _cmd_toy_train_teacher(args) -> int:
     from pocketdiff.toyworld.teacher import TeacherRecipe, train_teacher
 
@@ -88,6 +137,36 @@ def _cmd_toy_train_teacher(args) -> int:
     out = train_teacher(args.out, recipe, progress=not args.no_progress)
     print(f"wrote the toy teacher to {out}/pipeline (eval models: {out}/clip, {out}/checker); "
           f"work dirs (checkpoints, loss logs) in {out}.work/")
+    return 0
+
+
+def _cmd_toy_baseline(args) -> int:
+    import json
+
+    from tqdm import tqdm
+
+    from pocketdiff.benchmarks.quality import EvalModels, baseline_table, markdown_table
+    from pocketdiff.pipedir import atomic_output_file
+
+    models = EvalModels.load(args.teacher)
+    bar = tqdm(desc="baseline", unit="config", disable=args.no_progress, file=sys.stderr)
+    rows = baseline_table(Path(args.teacher) / "pipeline", models, args.n, args.guidance, args.seed,
+                          callback=lambda done, total: (setattr(bar, "total", total), bar.update(done - bar.n)))
+    bar.close()
+    out = Path(args.out)
+    with atomic_output_file(out.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps(rows, indent=2) + "\n")
+    with atomic_output_file(out.with_suffix(".md")) as tmp:
+        tmp.write_text(markdown_table(rows))
+    print(markdown_table(rows))
+    return 0
+
+
+def _cmd_toy_demo(args) -> int:
+    from pocketdiff.toyworld.demo import run_demo
+
+    page = run_demo(args.teacher, args.out, guidance=args.guidance, steps=args.steps, n_eval=args.n)
+    print(f"demo report: {page}")
     return 0
 
 
@@ -131,6 +210,27 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     g.set_defaults(func=_cmd_generate)
 
+    ev = sub.add_parser("eval", help="FID, CLIP score and attribute accuracy on a toy prompt set")
+    src = ev.add_mutually_exclusive_group(required=True)
+    src.add_argument("--pipeline", help="diffusers pipeline folder (torch path)")
+    src.add_argument("--onnx", help="exported ONNX folder (torch-free runtime)")
+    ev.add_argument("--prompts", default="toy-val", help="prompt set; allowed: toy-val")
+    ev.add_argument("--steps", type=int, default=50)
+    ev.add_argument("--guidance", type=float, default=7.5)
+    ev.add_argument("--scheduler", default="ddim")
+    ev.add_argument("--n", type=int, default=1000, help="number of prompts/images")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--eval-models", default=str(DEFAULT_EVAL_MODELS),
+                    help="folder with the toy clip/ and checker/ (default: the shipped ones)")
+    ev.add_argument("--out", default="eval.json", help="output JSON (an image grid PNG is written beside it)")
+    real = ev.add_argument_group("real checkpoints (COCO-30K protocol; replaces the toy prompt set)")
+    real.add_argument("--captions", help="text file, one caption per line (first --n are used)")
+    real.add_argument("--reference-dir", help="folder of reference images for FID")
+    real.add_argument("--clip-model", help="local transformers CLIP folder for CLIP score")
+    real.add_argument("--inception-weights", help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth")
+    ev.add_argument("--no-progress", action="store_true")
+    ev.set_defaults(func=_cmd_eval)
+
     toy = sub.add_parser("toy", help="the toy world and its teacher")
     toy_sub = toy.add_subparsers(dest="toy_command", required=True, parser_class=_Parser)
     tt = toy_sub.add_parser("train-teacher", help="train toy CLIP, attribute checker, VAE and UNet (resumable)")
@@ -138,6 +238,21 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--quick", action="store_true", help="2 steps per part (smoke test, not a usable teacher)")
     tt.add_argument("--no-progress", action="store_true")
     tt.set_defaults(func=_cmd_toy_train_teacher)
+    tb = toy_sub.add_parser("baseline", help="teacher quality at 50/25/8/4 steps for DDIM and DPM-Solver++")
+    tb.add_argument("--teacher", default=str(DEFAULT_EVAL_MODELS), help="folder with pipeline/, clip/, checker/")
+    tb.add_argument("--n", type=int, default=500)
+    tb.add_argument("--guidance", type=float, default=TEACHER_GUIDANCE)
+    tb.add_argument("--seed", type=int, default=0)
+    tb.add_argument("--out", default="docs/toy_baseline.md", help="writes .md and .json")
+    tb.add_argument("--no-progress", action="store_true")
+    tb.set_defaults(func=_cmd_toy_baseline)
+    td = toy_sub.add_parser("demo", help="sample grid + quick eval of the shipped teacher as one HTML page")
+    td.add_argument("--teacher", default=str(DEFAULT_EVAL_MODELS))
+    td.add_argument("--out", default="build/demo")
+    td.add_argument("--steps", type=int, default=25)
+    td.add_argument("--guidance", type=float, default=TEACHER_GUIDANCE)
+    td.add_argument("--n", type=int, default=200, help="prompts in the quick eval")
+    td.set_defaults(func=_cmd_toy_demo)
     return p
 
 

@@ -118,3 +118,47 @@ def save_png(image: np.ndarray, out: str | Path) -> Path:
     with atomic_output_file(out) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
     return out
+
+
+def generate_many(prompts: list[str], cfg: GenerateConfig, pipeline_dir: str | Path | None = None,
+                  onnx_dir: str | Path | None = None, batch_size: int = 64,
+                  callback: ProgressCallback | None = None) -> np.ndarray:
+    """Images for many prompts; image i starts from the runtime RNG with seed ``cfg.seed + i``.
+
+    The torch path batches prompts through diffusers; the runtime path runs one prompt at a time, as
+    a phone would. Returns uint8 [N, H, W, 3].
+    """
+    cfg.validate()
+    if onnx_dir is not None:
+        pipe = RuntimePipeline.from_onnx_dir(onnx_dir)
+        out = []
+        for i, p in enumerate(prompts):
+            out.append(pipe.generate(p, steps=cfg.steps, guidance=cfg.guidance, seed=cfg.seed + i,
+                                     negative_prompt=cfg.negative_prompt, scheduler=cfg.scheduler,
+                                     truncate=True).image)
+            if callback:
+                callback(i + 1, len(prompts))
+        return np.stack(out)
+
+    import diffusers
+    import torch
+
+    from pocketdiff.pipedir import inspect_pipeline, load_pipeline
+    from pocketdiff.runtime.schedulers import scheduler_name_for
+
+    info = inspect_pipeline(pipeline_dir)
+    entry = get_scheduler_entry(cfg.scheduler or scheduler_name_for(info.scheduler_config))
+    pipe = load_pipeline(pipeline_dir)
+    pipe.scheduler = getattr(diffusers, entry.diffusers_class).from_config(entry.config_for(dict(pipe.scheduler.config)))
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        chunk = prompts[start:start + batch_size]
+        latents = np.concatenate([initial_latents(cfg.seed + start + j, (1, *info.latent_shape))
+                                  for j in range(len(chunk))])
+        with torch.no_grad():
+            res = pipe(chunk, negative_prompt=[cfg.negative_prompt] * len(chunk), num_inference_steps=cfg.steps,
+                       guidance_scale=cfg.guidance, latents=torch.from_numpy(latents), output_type="np")
+        out.append((res.images * 255).round().astype(np.uint8))
+        if callback:
+            callback(start + len(chunk), len(prompts))
+    return np.concatenate(out)
