@@ -48,6 +48,13 @@ SD15_TEXT = {  # CLIP ViT-L/14 text tower as shipped with SD1.5
 }
 
 
+# SD1.5's block layout with three resolution levels instead of four (for 8x8 latents / 32x32 images).
+_THREE_LEVEL_UNET = {"down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+                     "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"], "sample_size": 8}
+_THREE_LEVEL_VAE = {"down_block_types": ["DownEncoderBlock2D"] * 3, "up_block_types": ["UpDecoderBlock2D"] * 3,
+                    "sample_size": 32}
+
+
 @dataclass(frozen=True)
 class Architecture:
     """Configs of one named architecture; ``build`` makes a random-weight diffusers pipeline."""
@@ -71,12 +78,9 @@ ARCHITECTURES: dict[str, Architecture] = {
     # SD1.5's block layout (cross-attention down x(n-1) + plain down, cross-attention mid, mirrored up,
     # layers_per_block 2) at toy width; 8x8 latents, VAE factor 4 -> 32x32 images.
     "tiny": Architecture(
-        unet={**SD15_UNET, "sample_size": 8, "block_out_channels": [32, 32, 64],
-              "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-              "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-              "norm_num_groups": 8, "cross_attention_dim": 32, "attention_head_dim": 4},
-        vae={**SD15_VAE, "sample_size": 32, "block_out_channels": [16, 32, 32], "layers_per_block": 1,
-             "down_block_types": ["DownEncoderBlock2D"] * 3, "up_block_types": ["UpDecoderBlock2D"] * 3,
+        unet={**SD15_UNET, **_THREE_LEVEL_UNET, "block_out_channels": [32, 32, 64], "norm_num_groups": 8,
+              "cross_attention_dim": 32, "attention_head_dim": 4},
+        vae={**SD15_VAE, **_THREE_LEVEL_VAE, "block_out_channels": [16, 32, 32], "layers_per_block": 1,
              "norm_num_groups": 8},
         text_encoder={**SD15_TEXT, "vocab_size": None, "hidden_size": 32, "intermediate_size": 64,
                       "projection_dim": 32, "num_hidden_layers": 2, "num_attention_heads": 4},
@@ -84,12 +88,9 @@ ARCHITECTURES: dict[str, Architecture] = {
     # The toy teacher (pocketdiff toy train-teacher): SD1.5's layout at toy width for 32x32 images
     # (VAE factor 4 -> 8x8 latents); its text encoder is the toy CLIP's text tower.
     "toy": Architecture(
-        unet={**SD15_UNET, "sample_size": 8, "block_out_channels": [32, 64, 128],
-              "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-              "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-              "norm_num_groups": 16, "cross_attention_dim": 64, "attention_head_dim": 4},
-        vae={**SD15_VAE, "sample_size": 32, "block_out_channels": [32, 64, 64], "layers_per_block": 1,
-             "down_block_types": ["DownEncoderBlock2D"] * 3, "up_block_types": ["UpDecoderBlock2D"] * 3,
+        unet={**SD15_UNET, **_THREE_LEVEL_UNET, "block_out_channels": [32, 64, 128], "norm_num_groups": 16,
+              "cross_attention_dim": 64, "attention_head_dim": 4},
+        vae={**SD15_VAE, **_THREE_LEVEL_VAE, "block_out_channels": [32, 64, 64], "layers_per_block": 1,
              "norm_num_groups": 16},
         text_encoder={**SD15_TEXT, "vocab_size": None, "hidden_size": 64, "intermediate_size": 128,
                       "projection_dim": 64, "num_hidden_layers": 3, "num_attention_heads": 4},
