@@ -14,10 +14,10 @@ import sys
 from pathlib import Path
 
 from pocketdiff.errors import PocketdiffError
+from pocketdiff.toyworld import TEACHER_GUIDANCE, TOY_TEACHER_DIR
 
 log = logging.getLogger("pocketdiff")
-DEFAULT_EVAL_MODELS = Path(__file__).parent / "toyworld" / "assets"  # shipped toy pipeline/, clip/, checker/
-TEACHER_GUIDANCE = 5.0  # the toy teacher's best guidance scale at 50 DDIM steps (docs/toy_teacher.md)
+
 
 
 class _Parser(argparse.ArgumentParser):
@@ -72,6 +72,11 @@ def _cmd_generate(args) -> int:
     try:
         if args.pipeline:
             result = generate_torch(args.pipeline, cfg, callback=progress)
+        elif args.bundle:
+            from pocketdiff.runtime.sampler import RuntimePipeline
+
+            runtime = RuntimePipeline.from_bundle(args.bundle, backend=args.backend, threads=args.threads)
+            result = generate_runtime(runtime, cfg, callback=progress)
         else:
             result = generate_runtime(args.onnx, cfg, callback=progress, threads=args.threads)
     finally:
@@ -197,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
     src = g.add_mutually_exclusive_group(required=True)
     src.add_argument("--pipeline", help="diffusers pipeline folder (torch path)")
     src.add_argument("--onnx", help="exported ONNX folder (torch-free reference runtime)")
+    src.add_argument("--bundle", help="app bundle (torch-free runtime; checksums verified first)")
+    g.add_argument("--backend", default="onnx", help="runtime backend for --bundle; allowed: onnx")
     g.add_argument("prompt")
     g.add_argument("--steps", type=int, default=25)
     g.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale; <= 1 disables CFG")
@@ -220,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--scheduler", default="ddim")
     ev.add_argument("--n", type=int, default=1000, help="number of prompts/images")
     ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument("--eval-models", default=str(DEFAULT_EVAL_MODELS),
+    ev.add_argument("--eval-models", default=str(TOY_TEACHER_DIR),
                     help="folder with the toy clip/ and checker/ (default: the shipped ones)")
     ev.add_argument("--out", default="eval.json", help="output JSON (an image grid PNG is written beside it)")
     real = ev.add_argument_group("real checkpoints (COCO-30K protocol; replaces the toy prompt set)")
@@ -239,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--no-progress", action="store_true")
     tt.set_defaults(func=_cmd_toy_train_teacher)
     tb = toy_sub.add_parser("baseline", help="teacher quality at 50/25/8/4 steps for DDIM and DPM-Solver++")
-    tb.add_argument("--teacher", default=str(DEFAULT_EVAL_MODELS), help="folder with pipeline/, clip/, checker/")
+    tb.add_argument("--teacher", default=str(TOY_TEACHER_DIR), help="folder with pipeline/, clip/, checker/")
     tb.add_argument("--n", type=int, default=500)
     tb.add_argument("--guidance", type=float, default=TEACHER_GUIDANCE)
     tb.add_argument("--seed", type=int, default=0)
@@ -247,7 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
     tb.add_argument("--no-progress", action="store_true")
     tb.set_defaults(func=_cmd_toy_baseline)
     td = toy_sub.add_parser("demo", help="sample grid + quick eval of the shipped teacher as one HTML page")
-    td.add_argument("--teacher", default=str(DEFAULT_EVAL_MODELS))
+    td.add_argument("--teacher", default=str(TOY_TEACHER_DIR))
     td.add_argument("--out", default="build/demo")
     td.add_argument("--steps", type=int, default=25)
     td.add_argument("--guidance", type=float, default=TEACHER_GUIDANCE)

@@ -48,11 +48,11 @@ def _warn_truncation(tokens) -> None:
         log.warning("prompt truncated to 77 tokens (--truncate)")
 
 
-def generate_runtime(onnx_dir: str | Path, cfg: GenerateConfig, callback: ProgressCallback | None = None,
-                     threads: int | None = None) -> GenerationResult:
-    """The torch-free reference runtime on an exported ONNX folder."""
+def generate_runtime(source: str | Path | RuntimePipeline, cfg: GenerateConfig,
+                     callback: ProgressCallback | None = None, threads: int | None = None) -> GenerationResult:
+    """The torch-free reference runtime on an exported ONNX folder (or an already loaded runtime pipeline)."""
     cfg.validate()
-    pipe = RuntimePipeline.from_onnx_dir(onnx_dir, threads=threads)
+    pipe = source if isinstance(source, RuntimePipeline) else RuntimePipeline.from_onnx_dir(source, threads=threads)
     pipe.tokenizer(cfg.prompt, truncate=cfg.truncate)  # fail on an over-long prompt before any model runs
     result = pipe.generate(cfg.prompt, steps=cfg.steps, guidance=cfg.guidance, seed=cfg.seed,
                            negative_prompt=cfg.negative_prompt, scheduler=cfg.scheduler, truncate=cfg.truncate,

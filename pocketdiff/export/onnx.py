@@ -130,15 +130,21 @@ def _write_configs(pipe, info, out_dir: Path) -> None:
     (out_dir / "model_index.json").write_text(json.dumps(index, indent=2))
 
 
+def export_onnx_into(pipe, info, target: Path) -> Path:
+    """Write the ONNX folder (layout in the module docstring) into an existing, empty ``target``."""
+    for spec in component_specs(pipe):
+        log.info("exporting %s to ONNX", spec.name)
+        export_component(spec, target)
+    _write_configs(pipe, info, target)
+    return target
+
+
 def export_onnx(pipeline_dir: str | Path, out_dir: str | Path, overwrite: bool = False) -> Path:
-    """Export a pipeline folder to an ONNX folder (layout in the module docstring), atomically."""
+    """Export a pipeline folder to an ONNX folder, atomically."""
     info = inspect_pipeline(pipeline_dir)
     pipe = load_pipeline(pipeline_dir)
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
-        for spec in component_specs(pipe):
-            log.info("exporting %s to ONNX", spec.name)
-            export_component(spec, tmp)
-        _write_configs(pipe, info, tmp)
+        export_onnx_into(pipe, info, tmp)
     return Path(out_dir)
 
 

@@ -95,6 +95,23 @@ class RuntimePipeline:
             sched_cfg, (unet_cfg["in_channels"], s, s), vae_cfg.get("scaling_factor", 0.18215),
         )
 
+    @classmethod
+    def from_bundle(cls, path: str | Path, backend: str = "onnx", threads: int | None = None) -> "RuntimePipeline":
+        """Load an app bundle's components for ``backend``; checksums are verified before any session opens."""
+        from pocketdiff.runtime.bundle import load_bundle
+
+        bundle = load_bundle(path, verify=True)
+        backends = {"onnx": OnnxSession}
+        if backend not in backends:
+            raise PocketdiffError(f"unknown backend {backend!r}; allowed: {', '.join(backends)}")
+        session = backends[backend]
+        m = bundle.manifest
+        sessions = [session(bundle.path / bundle.component(role, backend).path, threads)
+                    for role in ("text_encoder", "unet", "vae_decoder")]
+        tok_dir = bundle.path / Path(m["tokenizer"]["vocab"]).parent
+        return cls(CLIPBPETokenizer.from_dir(tok_dir), *sessions, m["scheduler"]["config"],
+                   tuple(m["model"]["latent_shape"]), m["model"]["latent_scale_factor"])
+
     def encode(self, ids: list[list[int]]) -> np.ndarray:
         return self.text_encoder.run({"input_ids": np.asarray(ids, dtype=np.int64)})["last_hidden_state"]
 
