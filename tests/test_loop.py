@@ -1,3 +1,5 @@
+import json
+
 import pytest
 import torch
 
@@ -28,8 +30,10 @@ def test_resume_equals_uninterrupted(tmp_path):
     straight, _ = _job(tmp_path / "a", 10)
     with pytest.raises(Interrupted, match="stopped at step 5 of 10"):
         _job(tmp_path / "b", 10, stop_after=5)
+    first_wall = json.loads((tmp_path / "b" / "checkpoint" / "pocketdiff_loop.json").read_text())["wall_time_s"]
     resumed, second = _job(tmp_path / "b", 10)
     assert second["resumed_from"] == 5 and second["steps"] == 10
+    assert first_wall > 0 and second["wall_time_s"] > first_wall  # cumulative over the resumed runs
     for p, q in zip(straight.parameters(), resumed.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
     log = read_log(tmp_path / "b")
@@ -39,7 +43,7 @@ def test_resume_equals_uninterrupted(tmp_path):
 def test_finished_job_is_not_retrained(tmp_path):
     _job(tmp_path, 4)
     _, again = _job(tmp_path, 4)
-    assert again["resumed_from"] == 4 and again["steps"] == 4
+    assert again["resumed_from"] == 4 and again["steps"] == 4 and again["session_wall_time_s"] == 0.0
 
 
 def test_config_change_is_refused(tmp_path):

@@ -60,7 +60,8 @@ def read_log(workdir: str | Path) -> list[dict]:
 def train(workdir: str | Path, models: list, optimizer, batch_fn: Callable[[int], Any],
           loss_fn: Callable[[list, Any], dict], loop: LoopConfig, job_config: Any, name: str = "train",
           accelerator=None, stop_after: int | None = None, lr_scheduler=None) -> dict:
-    """Run (or resume) a training job; returns {"steps": done, "resumed_from": step, "wall_time_s": s}.
+    """Run (or resume) a training job; returns steps done, the step it resumed from, and the wall time of
+    this invocation (``session_wall_time_s``) and of the whole job over all resumed runs (``wall_time_s``).
 
     ``stop_after`` ends the run after that many steps of *this* invocation: it checkpoints, then raises
     :class:`Interrupted` (tests use it to simulate a killed run).
@@ -80,7 +81,7 @@ def train(workdir: str | Path, models: list, optimizer, batch_fn: Callable[[int]
         models, optimizer = list(prepared[:-1]), prepared[-1]
     ckpt, meta_file = workdir / "checkpoint", workdir / "checkpoint" / "pocketdiff_loop.json"
     want_hash = config_hash(job_config)
-    start = 0
+    start, previous_wall = 0, 0.0
     if meta_file.is_file():
         meta = json.loads(meta_file.read_text())
         if meta["config_hash"] != want_hash:
@@ -89,7 +90,7 @@ def train(workdir: str | Path, models: list, optimizer, batch_fn: Callable[[int]
                 "use a new work dir or delete it"
             )
         acc.load_state(str(ckpt))
-        start = meta["step"]
+        start, previous_wall = meta["step"], meta.get("wall_time_s", 0.0)
         log.info("%s: resuming from step %d", name, start)
     else:
         (workdir / "log.jsonl").unlink(missing_ok=True)
@@ -98,7 +99,9 @@ def train(workdir: str | Path, models: list, optimizer, batch_fn: Callable[[int]
         tmp = workdir / "checkpoint.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         acc.save_state(str(tmp))
-        (tmp / "pocketdiff_loop.json").write_text(json.dumps({"step": step, "config_hash": want_hash}))
+        wall = previous_wall + time.perf_counter() - t0  # cumulative over resumed runs
+        (tmp / "pocketdiff_loop.json").write_text(json.dumps({"step": step, "config_hash": want_hash,
+                                                              "wall_time_s": wall}))
         shutil.rmtree(ckpt, ignore_errors=True)
         tmp.rename(ckpt)
 
@@ -133,4 +136,6 @@ def train(workdir: str | Path, models: list, optimizer, batch_fn: Callable[[int]
     bar.close()
     for m in models:
         m.eval()
-    return {"steps": step, "resumed_from": start, "wall_time_s": time.perf_counter() - t0}
+    session = time.perf_counter() - t0 if step > start else 0.0
+    return {"steps": step, "resumed_from": start, "wall_time_s": previous_wall + session,
+            "session_wall_time_s": session}
