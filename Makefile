@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 QUIET_PIP := { grep -v "^WARNING: Location '.*' is ignored" || true; }
 DEMO := build/demo
 
-.PHONY: venv test test-slow demo clean
+.PHONY: venv test test-slow demo teacher baseline clean
 
 venv: $(STAMP)
 
@@ -25,13 +25,22 @@ test: venv
 test-slow: venv
 	$(BIN)/python -m pytest -q -m slow --durations=0 -s
 
-# Until the toy teacher lands: a tiny random-weight pipeline, exported to ONNX, one image on each path.
+# The main job on the shipped toy teacher: a sample grid and a quick eval as one HTML page, plus one
+# image through the torch-free runtime on the teacher exported to ONNX.
+TEACHER := pocketdiff/toyworld/assets
+PROMPT := a small red circle in the top left on a grey background
 demo: venv
-	$(BIN)/pocketdiff create --arch tiny --out $(DEMO)/pipeline --force
-	$(BIN)/pocketdiff export --pipeline $(DEMO)/pipeline --out $(DEMO)/onnx --force
-	$(BIN)/pocketdiff generate --pipeline $(DEMO)/pipeline "a small red circle in the top left" --steps 20 --seed 0 --out $(DEMO)/torch.png
-	$(BIN)/pocketdiff generate --onnx $(DEMO)/onnx "a small red circle in the top left" --steps 20 --seed 0 --out $(DEMO)/runtime.png
-	@echo "demo outputs in $(DEMO)/: torch.png (diffusers path), runtime.png (torch-free runtime)"
+	$(BIN)/pocketdiff toy demo --out $(DEMO)
+	$(BIN)/pocketdiff export --pipeline $(TEACHER)/pipeline --out $(DEMO)/onnx --force
+	$(BIN)/pocketdiff generate --onnx $(DEMO)/onnx "$(PROMPT)" --steps 25 --guidance 2 --scheduler ddim --out $(DEMO)/runtime.png
+	@echo "demo report: $(DEMO)/index.html (runtime sample: $(DEMO)/runtime.png)"
+
+# Rebuild the toy teacher from scratch (resumable; see README for the wall time), and its docs tables.
+teacher: venv
+	$(BIN)/pocketdiff toy train-teacher --out build/teacher
+
+baseline: venv
+	$(BIN)/pocketdiff toy baseline --n 500 --out docs/toy_baseline.md
 
 clean:
 	rm -rf build .pytest_cache

@@ -40,7 +40,7 @@ class VaeTrainConfig:
 
 @dataclass
 class UnetTrainConfig:
-    steps: int = 5000
+    steps: int = 8000
     batch_size: int = 64
     lr: float = 5e-4
     caption_dropout: float = 0.1  # captions replaced by "" for classifier-free guidance

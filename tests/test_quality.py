@@ -1,0 +1,112 @@
+"""Metric sanity on the shipped eval models: renders score like the checker, noise scores at chance,
+swapped colours lose colour accuracy, FID is near 0 for renders vs renders and large for noise."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from pocketdiff.benchmarks.quality import (
+    EvalModels, attribute_report, fid, prompt_set, reference_images,
+)
+from pocketdiff.cli import main
+from pocketdiff.toyworld import TOY_TEACHER_DIR
+from pocketdiff.toyworld.world import COLOURS, render
+
+N = 200
+
+
+@pytest.fixture(scope="module")
+def models():
+    return EvalModels.load(TOY_TEACHER_DIR)
+
+
+@pytest.fixture(scope="module")
+def items():
+    return prompt_set("toy-val", N, seed=5)
+
+
+def test_prompt_set_is_deterministic_with_heldout_share(items):
+    again = prompt_set("toy-val", N, seed=5)
+    assert [i.prompt for i in items] == [i.prompt for i in again]
+    assert sum(i.split == "heldout" for i in items) == N // 4
+    assert {i.kind for i in items} == {"single", "pair"}
+
+
+def test_renders_score_like_the_checker(models, items):
+    rep = attribute_report(models, items, reference_images(items, seed=1))
+    for attr, rate in rep["overall"].items():
+        assert rate >= 0.97, (attr, rate)
+    assert rep["split=heldout"]["all"] >= 0.95
+
+
+def test_checker_accuracy_on_fresh_renders(models):
+    # The issue's bar: >= 98% per attribute on fresh renders (a small sample here; docs give the full figure).
+    fresh = prompt_set("toy-val", 400, seed=123)
+    rep = attribute_report(models, fresh, reference_images(fresh, seed=9))
+    per_attr = {k: v for k, v in rep["overall"].items() if k != "all"}
+    assert min(per_attr.values()) >= 0.98, per_attr
+
+
+def test_noise_scores_near_chance(models, items):
+    noise = np.random.default_rng(0).integers(0, 256, (N, 32, 32, 3), dtype=np.uint8)
+    rep = attribute_report(models, items, noise)["overall"]
+    assert rep["all"] <= 0.05
+    assert rep["shape"] <= 0.4 and rep["colour"] <= 0.35
+
+
+def test_swapped_colours_lose_colour_accuracy(models, items):
+    names = list(COLOURS)
+    swap = {c: names[(i + 1) % len(names)] for i, c in enumerate(names)}
+    swapped = np.stack([render(dataclasses.replace(it.scene, objects=tuple(
+        dataclasses.replace(o, colour=swap[o.colour]) for o in it.scene.objects))) for it in items])
+    rep = attribute_report(models, items, swapped)["overall"]
+    assert rep["colour"] <= 0.1 and rep["shape"] >= 0.95
+
+
+def test_fid_near_zero_for_renders_and_large_for_noise(models, items):
+    a, b = reference_images(items, seed=1), reference_images(items, seed=2)
+    noise = np.random.default_rng(0).integers(0, 256, a.shape, dtype=np.uint8)
+    same, bad = fid(models, a, b), fid(models, a, noise)
+    assert same < 0.05 * bad, (same, bad)
+
+
+def test_eval_cli_smoke(tiny_pipeline_dir, tmp_path):
+    out = tmp_path / "eval.json"
+    rc = main(["eval", "--pipeline", str(tiny_pipeline_dir), "--n", "8", "--steps", "2", "--out", str(out),
+               "--no-progress"])
+    assert rc == 0 and out.is_file() and out.with_suffix(".png").is_file()
+
+
+def test_eval_missing_models(capsys, tiny_pipeline_dir, tmp_path):
+    rc = main(["eval", "--pipeline", str(tiny_pipeline_dir), "--eval-models", str(tmp_path), "--n", "4",
+               "--out", str(tmp_path / "e.json")])
+    assert rc == 2 and "has no clip/" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("make,match", [
+    (lambda d: [], "captions file .* does not exist"),
+    (lambda d: ["captions"], "reference image folder .* does not exist"),
+    (lambda d: ["captions", "refs"], "is not a local transformers CLIP folder"),
+    (lambda d: ["captions", "refs", "clip"], "torch-fidelity package|--inception-weights"),
+])
+def test_real_mode_missing_inputs(capsys, tiny_pipeline_dir, tmp_path, make, match):
+    import re
+
+    present = make(tmp_path)
+    if "captions" in present:
+        (tmp_path / "captions.txt").write_text("a photo of a cat\na dog on a beach\n")
+    if "refs" in present:
+        (tmp_path / "refs").mkdir()
+        for i in range(2):
+            (tmp_path / "refs" / f"{i}.png").write_bytes(b"")
+    if "clip" in present:
+        (tmp_path / "clip").mkdir()
+        (tmp_path / "clip" / "config.json").write_text("{}")
+    out = tmp_path / "e.json"
+    rc = main(["eval", "--pipeline", str(tiny_pipeline_dir), "--n", "2", "--captions", str(tmp_path / "captions.txt"),
+               "--reference-dir", str(tmp_path / "refs"), "--clip-model", str(tmp_path / "clip"),
+               "--inception-weights", str(tmp_path / "missing.pth"), "--out", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and re.search(match, err[0]), err
+    assert not out.exists()
