@@ -78,6 +78,19 @@ def test_eval_cli_smoke(tiny_pipeline_dir, tmp_path):
     assert rc == 0 and out.is_file() and out.with_suffix(".png").is_file()
 
 
+def test_eval_cli_runtime_path_matches_torch(tiny_pipeline_dir, tiny_onnx_dir, tmp_path):
+    """`pocketdiff eval --onnx` (torch-free runtime, one prompt at a time) scores like the torch path."""
+    import json
+
+    res = {}
+    for flag, src in (("--pipeline", tiny_pipeline_dir), ("--onnx", tiny_onnx_dir)):
+        out = tmp_path / f"{flag[2:]}.json"
+        assert main(["eval", flag, str(src), "--n", "6", "--steps", "3", "--out", str(out), "--no-progress"]) == 0
+        res[flag] = json.loads(out.read_text())
+    assert res["--pipeline"]["attribute_accuracy"] == res["--onnx"]["attribute_accuracy"]
+    assert res["--pipeline"]["clip_score"] == pytest.approx(res["--onnx"]["clip_score"], abs=0.5)
+
+
 def test_eval_missing_models(capsys, tiny_pipeline_dir, tmp_path):
     rc = main(["eval", "--pipeline", str(tiny_pipeline_dir), "--eval-models", str(tmp_path), "--n", "4",
                "--out", str(tmp_path / "e.json")])
