@@ -61,23 +61,33 @@ def generate_runtime(source: str | Path | RuntimePipeline, cfg: GenerateConfig,
     return result
 
 
+def load_torch_pipeline(pipeline_dir: str | Path, scheduler: str | None = None):
+    """Validated diffusers pipeline with the named sampler (default: its own); returns (pipe, info)."""
+    import diffusers
+
+    from pocketdiff.pipedir import inspect_pipeline, load_pipeline
+    from pocketdiff.runtime.schedulers import scheduler_name_for
+
+    info = inspect_pipeline(pipeline_dir)
+    entry = get_scheduler_entry(scheduler or scheduler_name_for(info.scheduler_config))
+    pipe = load_pipeline(pipeline_dir)
+    pipe.scheduler = getattr(diffusers, entry.diffusers_class).from_config(entry.config_for(dict(pipe.scheduler.config)))
+    return pipe, info
+
+
 def generate_torch(pipeline_dir: str | Path, cfg: GenerateConfig,
                    callback: ProgressCallback | None = None) -> GenerationResult:
     """diffusers' ``StableDiffusionPipeline`` from the runtime's initial latents."""
-    from pocketdiff.pipedir import inspect_pipeline, load_pipeline
-    from pocketdiff.runtime.schedulers import scheduler_name_for
+    from pocketdiff.pipedir import inspect_pipeline
 
     cfg.validate()
     info = inspect_pipeline(pipeline_dir)
     tokens = CLIPBPETokenizer.from_dir(info.tokenizer_dir)(cfg.prompt, truncate=cfg.truncate)
-    entry = get_scheduler_entry(cfg.scheduler or scheduler_name_for(info.scheduler_config))
 
-    import diffusers
     import torch
 
     t0 = time.perf_counter()
-    pipe = load_pipeline(pipeline_dir)
-    pipe.scheduler = getattr(diffusers, entry.diffusers_class).from_config(entry.config_for(dict(pipe.scheduler.config)))
+    pipe, info = load_torch_pipeline(pipeline_dir, cfg.scheduler)
     latents = torch.from_numpy(initial_latents(cfg.seed, (1, *info.latent_shape)))
     t1 = time.perf_counter()
     calls = []
@@ -140,16 +150,9 @@ def generate_many(prompts: list[str], cfg: GenerateConfig, pipeline_dir: str | P
                 callback(i + 1, len(prompts))
         return np.stack(out)
 
-    import diffusers
     import torch
 
-    from pocketdiff.pipedir import inspect_pipeline, load_pipeline
-    from pocketdiff.runtime.schedulers import scheduler_name_for
-
-    info = inspect_pipeline(pipeline_dir)
-    entry = get_scheduler_entry(cfg.scheduler or scheduler_name_for(info.scheduler_config))
-    pipe = load_pipeline(pipeline_dir)
-    pipe.scheduler = getattr(diffusers, entry.diffusers_class).from_config(entry.config_for(dict(pipe.scheduler.config)))
+    pipe, info = load_torch_pipeline(pipeline_dir, cfg.scheduler)
     out = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
