@@ -26,6 +26,25 @@ class _Parser(argparse.ArgumentParser):
         sys.exit(2)
 
 
+class _Progress:
+    """A tqdm bar driven by the library's ``callback(done, total)`` progress protocol."""
+
+    def __init__(self, desc: str, unit: str, disable: bool):
+        from tqdm import tqdm
+
+        self.bar = tqdm(desc=desc, unit=unit, disable=disable, file=sys.stderr)
+
+    def __call__(self, done: int, total: int) -> None:
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def __enter__(self) -> "_Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.bar.close()
+
+
 def _cmd_create(args) -> int:
     from pocketdiff.architectures.factory import build_pipeline, get_architecture
     from pocketdiff.pipedir import StageRecord, atomic_output_dir, write_history
@@ -55,21 +74,13 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_generate(args) -> int:
-    from tqdm import tqdm
-
     from pocketdiff.generate import GenerateConfig, check_png_path, generate_runtime, generate_torch, save_png
 
     cfg = GenerateConfig(prompt=args.prompt, steps=args.steps, guidance=args.guidance, seed=args.seed,
                          scheduler=args.scheduler, negative_prompt=args.negative_prompt,
                          truncate=args.truncate).validate()
     check_png_path(args.out)
-    bar = tqdm(desc="denoising", unit="step", disable=args.no_progress, file=sys.stderr)
-
-    def progress(done: int, total: int) -> None:
-        bar.total = total
-        bar.update(done - bar.n)
-
-    try:
+    with _Progress("denoising", "step", args.no_progress) as progress:
         if args.pipeline:
             result = generate_torch(args.pipeline, cfg, callback=progress)
         elif args.bundle:
@@ -79,8 +90,6 @@ def _cmd_generate(args) -> int:
             result = generate_runtime(runtime, cfg, callback=progress)
         else:
             result = generate_runtime(args.onnx, cfg, callback=progress, threads=args.threads)
-    finally:
-        bar.close()
     save_png(result.image, args.out)
     timings = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in result.timings.items())
     print(f"wrote {args.out} ({result.unet_calls} denoising steps; {timings})")
@@ -90,8 +99,6 @@ def _cmd_generate(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from tqdm import tqdm
-
     from pocketdiff.benchmarks.quality import EvalModels, evaluate_images, image_grid, prompt_set, write_report
     from pocketdiff.generate import GenerateConfig, generate_many
 
@@ -103,12 +110,9 @@ def _cmd_eval(args) -> int:
         return _eval_real(args, cfg)
     items = prompt_set(args.prompts, args.n, args.seed)
     models = EvalModels.load(args.eval_models)
-    bar = tqdm(total=len(items), desc="generating", unit="img", disable=args.no_progress, file=sys.stderr)
-    try:
+    with _Progress("generating", "img", args.no_progress) as progress:
         images = generate_many([it.prompt for it in items], cfg, pipeline_dir=args.pipeline, onnx_dir=args.onnx,
-                               callback=lambda done, total: bar.update(done - bar.n))
-    finally:
-        bar.close()
+                               callback=progress)
     result = evaluate_images(models, items, images, seed=args.seed)
     result.update(prompts=args.prompts, seed=args.seed, steps=args.steps, guidance=args.guidance,
                   scheduler=args.scheduler, source=str(args.pipeline or args.onnx))
@@ -148,16 +152,14 @@ def _cmd_toy_train_teacher(args) -> int:
 def _cmd_toy_baseline(args) -> int:
     import json
 
-    from tqdm import tqdm
 
     from pocketdiff.benchmarks.quality import EvalModels, baseline_table, markdown_table
     from pocketdiff.pipedir import atomic_output_file
 
     models = EvalModels.load(args.teacher)
-    bar = tqdm(desc="baseline", unit="config", disable=args.no_progress, file=sys.stderr)
-    rows = baseline_table(Path(args.teacher) / "pipeline", models, args.n, args.guidance, args.seed,
-                          callback=lambda done, total: (setattr(bar, "total", total), bar.update(done - bar.n)))
-    bar.close()
+    with _Progress("baseline", "config", args.no_progress) as progress:
+        rows = baseline_table(Path(args.teacher) / "pipeline", models, args.n, args.guidance, args.seed,
+                              callback=progress)
     out = Path(args.out)
     with atomic_output_file(out.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(rows, indent=2) + "\n")
