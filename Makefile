@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 QUIET_PIP := { grep -v "^WARNING: Location '.*' is ignored" || true; }
 DEMO := build/demo
 
-.PHONY: venv test test-slow demo teacher baseline clean
+.PHONY: venv test test-slow demo teacher baseline export-bench clean
 
 venv: $(STAMP)
 
@@ -25,15 +25,18 @@ test: venv
 test-slow: venv
 	$(BIN)/python -m pytest -q -m slow --durations=0 -s
 
-# The main job on the shipped toy teacher: a sample grid and a quick eval as one HTML page, plus one
-# image through the torch-free runtime on the teacher exported to ONNX.
+# The main job on the shipped toy teacher: a sample grid and a quick eval as one HTML page; the
+# teacher exported as an app bundle (ONNX, Core ML, ExecuTorch, parity-checked); one image from the
+# bundle through the torch-free runtime on onnxruntime and on ExecuTorch.
 TEACHER := pocketdiff/toyworld/assets
 PROMPT := a small red circle in the top left on a grey background
 demo: venv
 	$(BIN)/pocketdiff toy demo --out $(DEMO)
-	$(BIN)/pocketdiff export --pipeline $(TEACHER)/pipeline --out $(DEMO)/onnx --force
-	$(BIN)/pocketdiff generate --onnx $(DEMO)/onnx "$(PROMPT)" --steps 25 --guidance 2 --scheduler ddim --out $(DEMO)/runtime.png
-	@echo "demo report: $(DEMO)/index.html (runtime sample: $(DEMO)/runtime.png)"
+	$(BIN)/pocketdiff export --pipeline $(TEACHER)/pipeline --out $(DEMO)/bundle --targets onnx,coreml,executorch \
+		--steps 25 --guidance 2 --scheduler ddim --force
+	$(BIN)/pocketdiff generate --bundle $(DEMO)/bundle --backend onnx "$(PROMPT)" --steps 25 --guidance 2 --out $(DEMO)/runtime_onnx.png
+	$(BIN)/pocketdiff generate --bundle $(DEMO)/bundle --backend executorch "$(PROMPT)" --steps 25 --guidance 2 --out $(DEMO)/runtime_executorch.png
+	@echo "demo report: $(DEMO)/index.html; app bundle: $(DEMO)/bundle; runtime samples: $(DEMO)/runtime_*.png"
 
 # Rebuild the toy teacher from scratch (resumable; see README for the wall time), and its docs tables.
 teacher: venv
@@ -41,6 +44,10 @@ teacher: venv
 
 baseline: venv
 	$(BIN)/pocketdiff toy baseline --n 500 --out docs/toy_baseline.md
+
+# Latency record for docs/export.md: torch vs onnxruntime vs ExecuTorch on the tiny and toy pipelines.
+export-bench: venv
+	$(BIN)/python scripts/export_benchmark.py --threads 2
 
 clean:
 	rm -rf build .pytest_cache

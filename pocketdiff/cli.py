@@ -59,17 +59,20 @@ def _cmd_create(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from pocketdiff.errors import choice_error
+    from pocketdiff.export.bundle import ExportConfig, write_bundle
 
-    targets = [t.strip() for t in args.targets.split(",") if t.strip()]
-    allowed = ("onnx",)
-    for t in targets:
-        if t not in allowed:
-            raise choice_error("export target", t, allowed)
-    from pocketdiff.export.onnx import export_onnx
-
-    out = export_onnx(args.pipeline, args.out, overwrite=args.force)
-    print(f"wrote ONNX export to {out}")
+    config = ExportConfig(targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()),
+                          precision=args.precision, quantize=args.quantize, steps=args.steps,
+                          guidance=args.guidance, scheduler=args.scheduler).validate()
+    with _Progress("exporting", "component", args.no_progress) as progress:
+        out = write_bundle(args.pipeline, args.out, config, overwrite=args.force, progress=progress)
+    manifest = json.loads((Path(out) / "manifest.json").read_text())
+    for c in manifest["components"]:
+        worst = min((r["psnr_db"] for runs in (c["parity"] or {}).values() for r in runs.values()), default=None)
+        parity = f"parity PSNR >= {worst:.1f} dB" if worst is not None else c["meta"].get("parity", "no parity")
+        print(f"  {c['target']:<10} {c['role']:<12} {c['precision']}{'+' + c['quantization'] if c['quantization'] else ''}"
+              f"  {parity}")
+    print(f"wrote bundle ({', '.join(config.targets)}) to {out}")
     return 0
 
 
@@ -179,6 +182,8 @@ def _cmd_toy_demo(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from pocketdiff.architectures.factory import ARCHITECTURES
+    from pocketdiff.export.bundle import PRECISIONS, TARGETS
+    from pocketdiff.runtime.backends import BACKENDS
     from pocketdiff.runtime.schedulers import SCHEDULERS
 
     p = _Parser(prog="pocketdiff", description="Make a Stable Diffusion 1.x checkpoint phone-ready.")
@@ -193,11 +198,20 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--force", action="store_true", help="replace an existing output folder")
     c.set_defaults(func=_cmd_create)
 
-    e = sub.add_parser("export", help="export a pipeline's text encoder, UNet and VAE decoder")
+    e = sub.add_parser("export", help="export a pipeline's text encoder, UNet and VAE decoder as an app bundle")
     e.add_argument("--pipeline", required=True, help="diffusers pipeline folder")
-    e.add_argument("--out", required=True, help="output folder (optimum's ONNX Stable Diffusion layout)")
-    e.add_argument("--targets", default="onnx", help="comma-separated; allowed: onnx")
+    e.add_argument("--out", required=True, help="output bundle folder (must not exist unless --force)")
+    e.add_argument("--targets", default="onnx", help=f"comma-separated; allowed: {', '.join(TARGETS)}")
+    e.add_argument("--precision", default="fp32", help=f"compute precision; allowed: {', '.join(PRECISIONS)}")
+    e.add_argument("--quantize", default=None,
+                   help="weight quantisation: " + "; ".join(f"{t.name}: {', '.join(t.quantizations) or 'none'}"
+                                                           for t in TARGETS.values()))
+    e.add_argument("--steps", type=int, default=25, help="default step count pinned in the manifest")
+    e.add_argument("--guidance", type=float, default=7.5,
+                   help="default guidance; > 1 (CFG) gives fixed-batch targets a batch-2 UNet")
+    e.add_argument("--scheduler", default=None, help=f"one of: {', '.join(SCHEDULERS)} (default: the pipeline's)")
     e.add_argument("--force", action="store_true", help="replace an existing output folder")
+    e.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     e.set_defaults(func=_cmd_export)
 
     g = sub.add_parser("generate", help="generate one image from a prompt")
@@ -205,7 +219,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--pipeline", help="diffusers pipeline folder (torch path)")
     src.add_argument("--onnx", help="exported ONNX folder (torch-free reference runtime)")
     src.add_argument("--bundle", help="app bundle (torch-free runtime; checksums verified first)")
-    g.add_argument("--backend", default="onnx", help="runtime backend for --bundle; allowed: onnx")
+    g.add_argument("--backend", default="onnx", help=f"runtime backend for --bundle; allowed: {', '.join(BACKENDS)}")
     g.add_argument("prompt")
     g.add_argument("--steps", type=int, default=25)
     g.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale; <= 1 disables CFG")
@@ -274,6 +288,9 @@ class _DropKnownNoise(logging.Filter):
 
 def main(argv: list[str] | None = None) -> int:
     logging.getLogger("diffusers.utils.import_utils").addFilter(_DropKnownNoise())
+    # coremltools logs at WARNING that prediction is unavailable off macOS (known: export/coreml.py)
+    # and that tuples/int64 constants are converted; the exporter validates what matters.
+    logging.getLogger("coremltools").setLevel(logging.ERROR)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")

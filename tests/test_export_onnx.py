@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from pocketdiff.export.onnx import torch_reference
+from pocketdiff.export.components import torch_reference
 from pocketdiff.export.parity import ParityError, check_parity
 from pocketdiff.runtime.backends import OnnxSession
 

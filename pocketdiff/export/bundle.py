@@ -2,73 +2,143 @@
 
 Layout::
 
-    manifest.json        format_version 1; schema in export/manifest.schema.json
+    manifest.json        format_version 1; schema in export/manifest.schema.json (docs/export.md)
     tokenizer/           vocab.json, merges.txt (+ special tokens)
-    onnx/                optimum's Stable Diffusion layout (export/onnx.py)
+    onnx/                optimum's Stable Diffusion layout              (export/onnx.py)
+    coreml/              TextEncoder/Unet/VAEDecoder.mlpackage, vocab.json, merges.txt
+                         in apple's Swift StableDiffusion layout         (export/coreml.py)
+    executorch/          text_encoder.pte, unet.pte, vae_decoder.pte (XNNPACK) (export/executorch.py)
     test_vectors.json    token ids, initial-latent draws, timesteps, the latent after step 1
 
 Every file is listed in ``manifest.files`` with its size and sha256; loaders check them all before
-anything is loaded (``runtime/bundle.py``). Core ML and ExecuTorch targets plug in as more
-components of the same list.
+anything is loaded (``runtime/bundle.py``). ``manifest.components`` is a list (role, target, file,
+precision, I/O specs, parity), so later stages add their own components without a new format.
+The bundle is built in a temporary sibling folder and renamed into place at the end.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import shutil
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from pocketdiff.export.parity import check_parity
+from pocketdiff.errors import PocketdiffError, choice_error
+from pocketdiff.export import coreml, executorch, onnx
 from pocketdiff.runtime.bundle import FORMAT_VERSION, MANIFEST, sha256_file
 
+log = logging.getLogger(__name__)
 SCHEMA = Path(__file__).with_name("manifest.schema.json")
-ROLES = ("text_encoder", "unet", "vae_decoder")
 VECTOR_PROMPTS = ("a small red circle in the top left on a grey background", "a blue square left of a yellow ring",
                   "Hello, World! 123")
 VECTOR_SEEDS = (0, 42)
+ProgressCallback = Callable[[int, int], None]
 
 
-def _tensor_specs(items) -> list[dict]:
-    dtype = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int32)": "int32",
-             "tensor(int64)": "int64"}
-    return [{"name": t.name, "shape": [d if isinstance(d, int) else str(d) for d in t.shape],
-             "dtype": dtype.get(t.type, t.type)} for t in items]
+@dataclass(frozen=True)
+class ExportTarget:
+    """One export target: what it supports and the function that writes its folder."""
+
+    name: str
+    precisions: tuple[str, ...]
+    quantizations: tuple[str, ...]
+    # (pipe, info, folder, precision, quantization, cfg, step) -> manifest component records
+    export: Callable[..., list[dict]]
 
 
-def _parity_inputs(pipe, role: str, rng: np.random.Generator) -> dict[str, np.ndarray]:
-    c, s = pipe.unet.config.in_channels, pipe.unet.config.sample_size
-    if role == "text_encoder":
-        return {"input_ids": rng.integers(0, pipe.text_encoder.config.vocab_size, (1, 77)).astype(np.int32)}
-    if role == "unet":
-        return {"sample": rng.standard_normal((2, c, s, s)).astype(np.float32), "timestep": np.array(500.0, np.float32),
-                "encoder_hidden_states": rng.standard_normal((2, 77, pipe.text_encoder.config.hidden_size)).astype(np.float32)}
-    return {"latent_sample": rng.standard_normal((1, c, s, s)).astype(np.float32)}
+def _onnx(pipe, info, folder, precision, quantization, cfg, step):
+    return onnx.export_onnx_target(pipe, info, folder, precision, quantization, step)
 
 
-def _test_vectors(bundle_dir: Path, steps: int, guidance: float) -> dict:
+# The one registry of export targets; the folder in the bundle is the target's name.
+TARGETS = {
+    "onnx": ExportTarget("onnx", onnx.PRECISIONS, onnx.QUANTIZATIONS, _onnx),
+    "coreml": ExportTarget("coreml", coreml.PRECISIONS, coreml.QUANTIZATIONS, coreml.export_coreml_target),
+    "executorch": ExportTarget("executorch", executorch.PRECISIONS, executorch.QUANTIZATIONS,
+                               executorch.export_executorch_target),
+}
+PRECISIONS = ("fp32", "fp16")
+QUANTIZATIONS = tuple(dict.fromkeys(q for t in TARGETS.values() for q in t.quantizations))
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What to export. ``guidance`` > 1 means CFG: fixed-batch targets get a batch-2 UNet."""
+
+    targets: tuple[str, ...] = ("onnx",)
+    precision: str = "fp32"
+    quantize: str | None = None
+    steps: int = 25
+    guidance: float = 7.5
+    scheduler: str | None = None  # runtime scheduler name; default: the pipeline's
+
+    def validate(self) -> "ExportConfig":
+        from pocketdiff.runtime.sampler import check_generation_args
+        from pocketdiff.runtime.schedulers import get_scheduler_entry
+
+        if not self.targets:
+            raise PocketdiffError(f"no export target given; allowed: {', '.join(TARGETS)}")
+        for t in self.targets:
+            if t not in TARGETS:
+                raise choice_error("export target", t, TARGETS)
+        if len(set(self.targets)) != len(self.targets):
+            raise PocketdiffError(f"export targets repeat: {','.join(self.targets)}")
+        if self.precision not in PRECISIONS:
+            raise choice_error("precision", self.precision, PRECISIONS)
+        for t in self.targets:
+            if self.precision not in TARGETS[t].precisions:
+                raise PocketdiffError(f"precision {self.precision!r} is not supported for target {t!r}; it supports: "
+                                      f"{', '.join(TARGETS[t].precisions)}")
+        if self.quantize is not None:
+            if self.quantize not in QUANTIZATIONS:
+                raise choice_error("quantisation", self.quantize, QUANTIZATIONS)
+            for t in self.targets:
+                if self.quantize not in TARGETS[t].quantizations:
+                    allowed = ", ".join(TARGETS[t].quantizations) or "none"
+                    raise PocketdiffError(f"quantisation {self.quantize!r} is not supported for target {t!r}; "
+                                          f"{t} supports: {allowed}")
+        check_generation_args(self.steps, self.guidance)
+        if self.scheduler is not None:
+            get_scheduler_entry(self.scheduler)
+        return self
+
+    @property
+    def cfg(self) -> bool:
+        return self.guidance > 1.0
+
+
+def _test_vectors(pipe, tokenizer_dir: Path, sched_cfg: dict, latent_shape: tuple, steps: int, guidance: float
+                  ) -> dict:
+    """Numbers the apps' tests check, computed from the PyTorch components and the runtime's numpy
+    scheduler, RNG and tokenizer (the parts the apps mirror)."""
+    from pocketdiff.export.components import torch_reference
     from pocketdiff.runtime.rng import initial_latents
-    from pocketdiff.runtime.sampler import RuntimePipeline
     from pocketdiff.runtime.schedulers import scheduler_from_config
+    from pocketdiff.runtime.tokenizer import CLIPBPETokenizer
 
-    rt = RuntimePipeline.from_onnx_dir(bundle_dir / "onnx")
-    sched = scheduler_from_config(rt.scheduler_config)
+    tok = CLIPBPETokenizer.from_dir(tokenizer_dir)
+    sched = scheduler_from_config(sched_cfg)
     sched.set_timesteps(steps)
-    # The latent after step 1 for seed 0 and the first prompt (CFG at the default guidance).
-    ids = [rt.tokenizer("").input_ids, rt.tokenizer(VECTOR_PROMPTS[0]).input_ids]
-    hidden = rt.encode(ids if guidance > 1 else ids[1:])
-    x = initial_latents(0, (1, *rt.latent_shape)) * sched.init_noise_sigma
-    inp = sched.scale_model_input(np.concatenate([x, x]) if guidance > 1 else x, 0)
-    eps = rt.unet.run({"sample": inp, "timestep": np.asarray(sched.timesteps[0], np.float32),
-                       "encoder_hidden_states": hidden})["out_sample"]
-    if guidance > 1:
+    cfg = guidance > 1
+    prompts = ["", VECTOR_PROMPTS[0]] if cfg else [VECTOR_PROMPTS[0]]
+    hidden = np.concatenate([  # one prompt per call, as the runtime and the apps encode
+        torch_reference(pipe, "text_encoder", {"input_ids": np.array([tok(p).input_ids], np.int32)})[
+            "last_hidden_state"] for p in prompts])
+    x = initial_latents(0, (1, *latent_shape)) * sched.init_noise_sigma
+    inp = sched.scale_model_input(np.concatenate([x, x]) if cfg else x, 0)
+    eps = torch_reference(pipe, "unet", {"sample": inp, "timestep": np.asarray(sched.timesteps[0], np.float32),
+                                         "encoder_hidden_states": hidden})["out_sample"]
+    if cfg:
         eps = eps[:1] + np.float32(guidance) * (eps[1:] - eps[:1])
     x1 = sched.step(eps, 0, x)
     return {
-        "tokens": [{"prompt": p, "input_ids": rt.tokenizer(p).input_ids} for p in VECTOR_PROMPTS],
-        "initial_latents": [{"seed": s, "shape": [1, *rt.latent_shape],
-                             "first_values": initial_latents(s, (1, *rt.latent_shape)).reshape(-1)[:16].tolist()}
+        "tokens": [{"prompt": p, "input_ids": tok(p).input_ids} for p in VECTOR_PROMPTS],
+        "initial_latents": [{"seed": s, "shape": [1, *latent_shape],
+                             "first_values": initial_latents(s, (1, *latent_shape)).reshape(-1)[:16].tolist()}
                             for s in VECTOR_SEEDS],
         "timesteps": {"steps": steps, "values": sched.timesteps.tolist()},
         "latent_after_step_1": {"prompt": VECTOR_PROMPTS[0], "seed": 0, "guidance": guidance,
@@ -77,54 +147,64 @@ def _test_vectors(bundle_dir: Path, steps: int, guidance: float) -> dict:
     }
 
 
-def write_bundle(pipeline_dir: str | Path, out_dir: str | Path, steps: int = 25, guidance: float = 7.5,
-                 scheduler: str | None = None, overwrite: bool = False) -> Path:
-    """Export ``pipeline_dir`` to an ONNX fp32 bundle with parity, test vectors and checksums."""
-    import jsonschema
-    import onnxruntime as ort
+def write_bundle(pipeline_dir: str | Path, out_dir: str | Path, config: ExportConfig | None = None,
+                 overwrite: bool = False, progress: ProgressCallback | None = None) -> Path:
+    """Export ``pipeline_dir`` to an app bundle at ``out_dir`` (layout in the module docstring).
 
-    from pocketdiff.export.onnx import export_onnx_into, torch_reference
+    Every bad input (unknown target/precision/quantisation, a pipeline missing a component, an
+    existing ``out_dir`` without ``overwrite``) raises before anything is written; a parity failure
+    raises :class:`~pocketdiff.export.parity.ParityError` and leaves no bundle behind.
+    """
+    import jsonschema
+
     from pocketdiff.pipedir import atomic_output_dir, inspect_pipeline, load_pipeline, package_versions
     from pocketdiff.runtime.schedulers import get_scheduler_entry, scheduler_name_for
 
+    config = (config or ExportConfig()).validate()
     info = inspect_pipeline(pipeline_dir)
-    entry_name = scheduler or scheduler_name_for(info.scheduler_config)
+    if Path(out_dir).exists() and not overwrite:
+        raise PocketdiffError(f"output folder {out_dir} already exists; pass --force to replace it")
+    entry_name = config.scheduler or scheduler_name_for(info.scheduler_config)
     entry = get_scheduler_entry(entry_name)
+    sched_cfg = entry.config_for(info.scheduler_config)
     pipe = load_pipeline(pipeline_dir)
+    total, done = 3 * len(config.targets) + 1, 0
+
+    def step(label: str) -> None:  # called before each component: ``done`` components are finished
+        nonlocal done
+        log.info("%s", label)
+        if progress:
+            progress(done, total)
+        done += 1
+
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
-        export_onnx_into(pipe, info, (tmp / "onnx"))
         shutil.copytree(info.tokenizer_dir, tmp / "tokenizer")
-        sched_cfg = entry.config_for(info.scheduler_config)
-        components, rng = [], np.random.default_rng(0)
-        for role, rel in zip(ROLES, ("onnx/text_encoder/model.onnx", "onnx/unet/model.onnx",
-                                     "onnx/vae_decoder/model.onnx")):
-            sess = ort.InferenceSession(str(tmp / rel), providers=["CPUExecutionProvider"])
-            feeds = _parity_inputs(pipe, role, rng)
-            want = torch_reference(pipe, role, feeds)
-            got = dict(zip([o.name for o in sess.get_outputs()], sess.run(None, feeds)))
-            parity = {name: check_parity(f"{role}.{name}", ref, got[name], "fp32").to_dict()
-                      for name, ref in want.items()}
-            components.append({"name": role, "role": role, "target": "onnx", "path": rel, "precision": "fp32",
-                               "inputs": _tensor_specs(sess.get_inputs()), "outputs": _tensor_specs(sess.get_outputs()),
-                               "parity": parity, "meta": {}})
-        vectors = _test_vectors(tmp, steps, guidance)
+        components = []
+        for name in config.targets:
+            components += TARGETS[name].export(pipe, info, tmp / name, config.precision, config.quantize,
+                                               config.cfg, step)
+        step("test vectors")
+        vectors = _test_vectors(pipe, info.tokenizer_dir, sched_cfg, info.latent_shape, config.steps, config.guidance)
         (tmp / "test_vectors.json").write_text(json.dumps(vectors, indent=1) + "\n")
-        files = [{"path": str(f.relative_to(tmp)), "sha256": sha256_file(f), "bytes": f.stat().st_size}
+        files = [{"path": f.relative_to(tmp).as_posix(), "sha256": sha256_file(f), "bytes": f.stat().st_size}
                  for f in sorted(tmp.rglob("*")) if f.is_file()]
         manifest = {
             "format_version": FORMAT_VERSION,
             "created_by": package_versions(),
+            "export": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()},
             "model": {"image_size": [info.latent_shape[1] * info.vae_scale_factor] * 2,
                       "latent_shape": list(info.latent_shape),
                       "latent_scale_factor": float(info.vae_config.get("scaling_factor", 0.18215))},
             "tokenizer": {"vocab": "tokenizer/vocab.json", "merges": "tokenizer/merges.txt", "max_length": 77},
             "scheduler": {"name": entry_name, "diffusers_class": entry.diffusers_class, "config": sched_cfg,
                           "timesteps": vectors["timesteps"]["values"]},
-            "defaults": {"steps": steps, "guidance": guidance},
+            "defaults": {"steps": config.steps, "guidance": config.guidance},
             "components": components,
             "files": files,
             "test_vectors": "test_vectors.json",
         }
         jsonschema.validate(manifest, json.loads(SCHEMA.read_text()))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if progress:
+            progress(total, total)
     return Path(out_dir)

@@ -12,6 +12,9 @@ pocketdiff runtime both read)::
 
 The exporter is ``torch.onnx.export(dynamo=True)``; batch is dynamic (1 without guidance, 2 with
 CFG). Models over 2 GB keep their weights in one external-data file beside ``model.onnx``.
+
+Precision fp16 converts the fp32 graph with onnxruntime's ``convert_float_to_float16`` keeping
+float32 inputs and outputs; ``int8`` quantises weights with ``onnxruntime.quantization.quantize_dynamic``.
 """
 
 from __future__ import annotations
@@ -19,77 +22,17 @@ from __future__ import annotations
 import json
 import logging
 import shutil
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
-from torch import nn
 
+from pocketdiff.export.components import ComponentSpec, component_record, component_specs, tensor_spec
 from pocketdiff.pipedir import atomic_output_dir, inspect_pipeline, load_pipeline
 
 log = logging.getLogger(__name__)
-ONNX_COMPONENTS = ("text_encoder", "unet", "vae_decoder")
 EXTERNAL_DATA_BYTES = 2 * 1024**3
-MAX_TOKENS = 77
-
-
-class TextEncoderExport(nn.Module):
-    def __init__(self, text_encoder):
-        super().__init__()
-        self.text_encoder = text_encoder
-
-    def forward(self, input_ids):  # [B, 77] int32 -> [B, 77, D], [B, D]
-        out = self.text_encoder(input_ids.to(torch.int64), return_dict=True)
-        return out.last_hidden_state, out.pooler_output
-
-
-class UNetExport(nn.Module):
-    def __init__(self, unet):
-        super().__init__()
-        self.unet = unet
-
-    def forward(self, sample, timestep, encoder_hidden_states):  # [B,C,h,w], [], [B,77,D] -> [B,C,h,w]
-        return self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
-
-
-class VaeDecoderExport(nn.Module):
-    def __init__(self, vae):
-        super().__init__()
-        self.vae = vae
-
-    def forward(self, latent_sample):  # [B,C,h,w] (already divided by scaling_factor) -> [B,3,H,W]
-        return self.vae.decode(latent_sample, return_dict=False)[0]
-
-
-@dataclass(frozen=True)
-class ComponentSpec:
-    """How to export one component: wrapper, example inputs, names, dynamic batch axes."""
-
-    name: str
-    module: nn.Module
-    example: tuple[torch.Tensor, ...]
-    input_names: tuple[str, ...]
-    output_names: tuple[str, ...]
-    batch_inputs: tuple[str, ...]  # inputs whose dim 0 is the batch
-
-
-def component_specs(pipe) -> list[ComponentSpec]:
-    """The three SD components with example inputs at batch 2 (dynamo would specialise a batch of 1)."""
-    unet_cfg, text_cfg = pipe.unet.config, pipe.text_encoder.config
-    s, c = unet_cfg.sample_size, unet_cfg.in_channels
-    ids = torch.zeros(2, MAX_TOKENS, dtype=torch.int32)
-    latents = torch.zeros(2, c, s, s)
-    hidden = torch.zeros(2, MAX_TOKENS, text_cfg.hidden_size)
-    return [
-        ComponentSpec("text_encoder", TextEncoderExport(pipe.text_encoder), (ids,), ("input_ids",),
-                      ("last_hidden_state", "pooler_output"), ("input_ids",)),
-        ComponentSpec("unet", UNetExport(pipe.unet), (latents, torch.tensor(500.0), hidden),
-                      ("sample", "timestep", "encoder_hidden_states"), ("out_sample",),
-                      ("sample", "encoder_hidden_states")),
-        ComponentSpec("vae_decoder", VaeDecoderExport(pipe.vae), (latents,), ("latent_sample",), ("sample",),
-                      ("latent_sample",)),
-    ]
+PRECISIONS = ("fp32", "fp16")
+QUANTIZATIONS = ("int8",)
 
 
 def export_component(spec: ComponentSpec, out_dir: Path) -> Path:
@@ -130,10 +73,12 @@ def _write_configs(pipe, info, out_dir: Path) -> None:
     (out_dir / "model_index.json").write_text(json.dumps(index, indent=2))
 
 
-def export_onnx_into(pipe, info, target: Path) -> Path:
-    """Write the ONNX folder (layout in the module docstring) into an existing, empty ``target``."""
+def export_onnx_into(pipe, info, target: Path, progress=None) -> Path:
+    """Write the fp32 ONNX folder (layout in the module docstring) into an existing, empty ``target``."""
     for spec in component_specs(pipe):
         log.info("exporting %s to ONNX", spec.name)
+        if progress:
+            progress(f"onnx: {spec.name}")
         export_component(spec, target)
     _write_configs(pipe, info, target)
     return target
@@ -148,11 +93,112 @@ def export_onnx(pipeline_dir: str | Path, out_dir: str | Path, overwrite: bool =
     return Path(out_dir)
 
 
-def torch_reference(pipe, name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Run one component in PyTorch on numpy inputs named as in the ONNX graph (for parity checks)."""
-    spec = next(s for s in component_specs(pipe) if s.name == name)
-    args = [torch.from_numpy(np.asarray(inputs[n])) for n in spec.input_names]
-    with torch.no_grad():
-        out = spec.module(*args)
-    out = out if isinstance(out, tuple) else (out,)
-    return {n: o.numpy() for n, o in zip(spec.output_names, out)}
+def _opset(model) -> int:
+    return next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def _save(model, path: Path) -> None:
+    import onnx
+
+    large = model.ByteSize() > EXTERNAL_DATA_BYTES
+    for f in path.parent.iterdir():  # the old external-data file, if any (the model is in memory)
+        if f.is_file() and f != path and f.suffix != ".json":
+            f.unlink()
+    onnx.save(model, str(path), save_as_external_data=large, all_tensors_to_one_file=True,
+              location="model.onnx_data" if large else None)
+
+
+def _dedupe_and_sort(graph) -> None:
+    """Repair two defects of ``convert_float_to_float16`` on dynamo graphs, in place.
+
+    A constant feeding two blocked ops (e.g. the ``scales`` of two ``Resize`` nodes) gets one
+    identical Cast per consumer, all with the same name; and input casts are appended after their
+    consumers. Drop exact duplicates, then restore topological order.
+    """
+    seen, unique = set(), []
+    for node in graph.node:
+        key = node.SerializeToString()
+        if key not in seen:
+            seen.add(key)
+            unique.append(node)
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    ordered, pending = [], unique
+    while pending:
+        waiting = []
+        for node in pending:
+            if all(i in ready for i in node.input):
+                ordered.append(node)
+                ready.update(node.output)
+            else:
+                waiting.append(node)
+        if len(waiting) == len(pending):
+            raise RuntimeError(f"fp16 graph has nodes with unresolved inputs: {waiting[0].name}")
+        pending = waiting
+    del graph.node[:]
+    graph.node.extend(ordered)
+
+
+def convert_fp16(path: Path) -> None:
+    """Convert an exported fp32 ``model.onnx`` to fp16 in place, keeping float32 I/O."""
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx.load(str(path))
+    model16 = convert_float_to_float16(model, keep_io_types=True)
+    _dedupe_and_sort(model16.graph)
+    onnx.checker.check_model(model16)
+    _save(model16, path)
+
+
+def quantize_int8(path: Path) -> None:
+    """Quantise ``model.onnx``'s weights to int8 in place (dynamic quantisation, activations stay float)."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    model = onnx.load(str(path))
+    large = model.ByteSize() > EXTERNAL_DATA_BYTES
+    del model.graph.value_info[:]  # dynamo's recorded shapes trip the quantiser's shape inference
+    plain = path.with_name("fp32_for_quant.onnx")
+    onnx.save(model, str(plain), save_as_external_data=large, location="fp32_for_quant.onnx_data")
+    del model
+    try:
+        quantize_dynamic(plain, path, weight_type=QuantType.QInt8, use_external_data_format=large)
+    finally:
+        for f in path.parent.glob("fp32_for_quant.onnx*"):
+            f.unlink()
+
+
+_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int32)": "int32",
+              "tensor(int64)": "int64"}
+
+
+def _io(items) -> list[dict]:
+    return [tensor_spec(t.name, t.shape, _ORT_TYPES.get(t.type, t.type)) for t in items]
+
+
+def export_onnx_target(pipe, info, folder: Path, precision: str, quantization: str | None, progress=None
+                       ) -> list[dict]:
+    """Write the bundle's ``onnx/`` folder, check parity of each component, return manifest records."""
+    import onnx
+
+    from pocketdiff.export.parity import component_parity, parity_level
+    from pocketdiff.runtime.backends import OnnxSession
+
+    export_onnx_into(pipe, info, folder, progress)
+    records = []
+    for spec in component_specs(pipe):
+        path = folder / spec.name / "model.onnx"
+        if precision == "fp16":
+            convert_fp16(path)
+        if quantization == "int8":
+            quantize_int8(path)
+        session = OnnxSession(path)
+        level = parity_level(precision, quantization)
+        parity = {b: component_parity(pipe, spec.name, session.run, level, b) for b in (1, 2)}
+        opset = _opset(onnx.load(str(path), load_external_data=False))
+        records.append(component_record(
+            spec.name, "onnx", f"{folder.name}/{spec.name}/model.onnx", precision, quantization,
+            _io(session.session.get_inputs()), _io(session.session.get_outputs()),
+            {f"batch{b}": r for b, r in parity.items()},
+            {"opset": opset, "exporter": "torch.onnx.export(dynamo=True)", "layout": "optimum"}))
+    return records

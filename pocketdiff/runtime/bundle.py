@@ -35,6 +35,7 @@ class BundleComponent:
     target: str
     path: str
     precision: str
+    quantization: str | None = None
     inputs: list = field(default_factory=list)
     outputs: list = field(default_factory=list)
     parity: dict | None = None

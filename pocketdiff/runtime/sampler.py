@@ -3,7 +3,8 @@
 This is the loop the apps implement. It mirrors diffusers' ``StableDiffusionPipeline.__call__``:
 
 1. ids = tokenizer(prompt) (77 ids); with guidance w > 1 also ids of the negative prompt ("" by default).
-2. Text encoder on ``[negative, prompt]`` (batch 2) or ``[prompt]`` -> ``last_hidden_state``.
+2. Text encoder on ``negative`` and ``prompt``, one call each (batch 1, as the apps do), or on
+   ``[prompt]`` alone -> ``last_hidden_state``, stacked ``[negative, prompt]``.
 3. Latents ``x = rng.initial_latents(seed, (1, C, h, w)) * scheduler.init_noise_sigma``.
 4. For each step i with timestep t: ``inp = scheduler.scale_model_input(cat([x, x]) or x, i)``;
    ``eps = unet(inp, t, hidden)``; with CFG ``eps = eps_u + w * (eps_c - eps_u)``;
@@ -22,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from pocketdiff.errors import PocketdiffError
-from pocketdiff.runtime.backends import OnnxSession
+from pocketdiff.runtime.backends import BACKENDS, OnnxSession
 from pocketdiff.runtime.rng import initial_latents
 from pocketdiff.runtime.schedulers import scheduler_from_config
 from pocketdiff.runtime.tokenizer import CLIPBPETokenizer, TokenizerOutput
@@ -100,20 +101,20 @@ class RuntimePipeline:
         """Load an app bundle's components for ``backend``; checksums are verified before any session opens."""
         from pocketdiff.runtime.bundle import load_bundle
 
+        if backend not in BACKENDS:
+            raise PocketdiffError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
         bundle = load_bundle(path, verify=True)
-        backends = {"onnx": OnnxSession}
-        if backend not in backends:
-            raise PocketdiffError(f"unknown backend {backend!r}; allowed: {', '.join(backends)}")
-        session = backends[backend]
         m = bundle.manifest
-        sessions = [session(bundle.path / bundle.component(role, backend).path, threads)
-                    for role in ("text_encoder", "unet", "vae_decoder")]
+        components = [bundle.component(role, backend) for role in ("text_encoder", "unet", "vae_decoder")]
+        sessions = [BACKENDS[backend](bundle.path / c.path, c, threads) for c in components]
         tok_dir = bundle.path / Path(m["tokenizer"]["vocab"]).parent
         return cls(CLIPBPETokenizer.from_dir(tok_dir), *sessions, m["scheduler"]["config"],
                    tuple(m["model"]["latent_shape"]), m["model"]["latent_scale_factor"])
 
     def encode(self, ids: list[list[int]]) -> np.ndarray:
-        return self.text_encoder.run({"input_ids": np.asarray(ids, dtype=np.int64)})["last_hidden_state"]
+        """[n, 77] ids -> [n, 77, D] hidden states, one text-encoder call per prompt."""
+        return np.concatenate([self.text_encoder.run({"input_ids": np.asarray([row], dtype=np.int64)})[
+            "last_hidden_state"] for row in ids])
 
     def generate(self, prompt: str, *, steps: int, guidance: float, seed: int, negative_prompt: str = "",
                  scheduler: str | None = None, truncate: bool = False,
@@ -124,6 +125,13 @@ class RuntimePipeline:
         t0 = time.perf_counter()
         tokens = self.tokenizer(prompt, truncate=truncate)
         cfg = guidance > 1.0
+        fixed = getattr(self.unet, "fixed_batch", None)
+        if fixed is not None and fixed != (2 if cfg else 1):
+            raise PocketdiffError(
+                f"this UNet was exported at fixed batch {fixed} ("
+                f"{'guidance > 1, CFG' if fixed == 2 else 'no guidance'}); guidance {guidance} needs batch "
+                f"{2 if cfg else 1}: use guidance {'> 1' if fixed == 2 else '<= 1'}, re-export with a matching "
+                f"--guidance, or the onnx backend")
         ids = [self.tokenizer(negative_prompt, truncate=True).input_ids, tokens.input_ids] if cfg else [tokens.input_ids]
         t1 = time.perf_counter()
         hidden = self.encode(ids)

@@ -1,0 +1,206 @@
+"""Export the text encoder, UNet and VAE decoder to Core ML ML programs in apple's Swift layout.
+
+The ``coreml/`` folder is what apple/ml-stable-diffusion's Swift ``StableDiffusion`` package loads
+(its I/O contract is written down in ``docs/design/coreml_io.md``)::
+
+    coreml/TextEncoder.mlpackage  input_ids[1,77] float32            -> last_hidden_state[1,77,D], pooled_outputs[1,D]
+    coreml/Unet.mlpackage         sample[U,C,h,w], timestep[U],
+                                  encoder_hidden_states[U,D,1,77]    -> noise_pred[U,C,h,w]
+    coreml/VAEDecoder.mlpackage   z[1,C,h,w] = latents / 0.18215     -> image[1,3,H,W] in [-1, 1]
+    coreml/vocab.json, coreml/merges.txt
+
+U is 2 (``[unconditional, conditional]``) when the bundle's default guidance uses CFG. Swift
+divides latents by its ``decoderScaleFactor`` (0.18215, SD1.5's) before the decoder, so a VAE with
+another ``scaling_factor`` gets the ratio folded into the exported decoder. The Swift package loads
+compiled ``.mlmodelc`` resources: on macOS run ``xcrun coremlcompiler compile X.mlpackage coreml/``
+for each package, as apple's ``--bundle-resources-for-swift-cli`` does.
+
+Prediction needs macOS. Elsewhere the exporter validates each package's spec (input and output
+names, shapes, dtypes; op counts; weight bytes) and the manifest says numeric parity was not run.
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import shutil
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from pocketdiff.errors import PocketdiffError
+from pocketdiff.export.components import MAX_TOKENS, component_record, component_specs, tensor_spec
+
+log = logging.getLogger(__name__)
+PRECISIONS = ("fp32", "fp16")
+QUANTIZATIONS = ("int8", "palette6", "palette4")
+WEIGHT_OPS = ("conv", "linear", "gather")  # op types whose weights --quantize compresses
+SWIFT_DECODER_SCALE = 0.18215  # apple's Swift pipeline divides latents by this before VAEDecoder
+RESOURCES = {"text_encoder": "TextEncoder", "unet": "Unet", "vae_decoder": "VAEDecoder"}
+PARITY_NOT_RUN = "not run: Core ML prediction needs macOS; the package spec was validated instead"
+
+
+class TextEncoderCoreML(nn.Module):
+    def __init__(self, text_encoder_export: nn.Module):
+        super().__init__()
+        self.inner = text_encoder_export
+
+    def forward(self, input_ids):  # [1, 77] float32 ids (Swift passes floats) -> [1,77,D], [1,D]
+        return self.inner(input_ids.to(torch.int32))
+
+
+class UnetCoreML(nn.Module):
+    def __init__(self, unet_export: nn.Module):
+        super().__init__()
+        self.inner = unet_export
+
+    def forward(self, sample, timestep, encoder_hidden_states):  # [U,C,h,w], [U], [U,D,1,77] -> [U,C,h,w]
+        hidden = encoder_hidden_states.squeeze(2).transpose(1, 2)  # [U,D,1,77] -> [U,77,D]
+        return self.inner(sample, timestep, hidden)
+
+
+class VAEDecoderCoreML(nn.Module):
+    def __init__(self, decoder_export: nn.Module, scaling_factor: float):
+        super().__init__()
+        self.inner = decoder_export
+        self.ratio = SWIFT_DECODER_SCALE / scaling_factor
+
+    def forward(self, z):  # [1,C,h,w] = latents / 0.18215 -> [1,3,H,W]
+        return self.inner(z * self.ratio) if self.ratio != 1.0 else self.inner(z)
+
+
+def apple_io(pipe, cfg: bool) -> dict[str, tuple[nn.Module, list[dict], list[dict]]]:
+    """Per role: the Apple-layout module, its inputs and its outputs (tensor specs, call order)."""
+    specs = {s.name: s for s in component_specs(pipe)}
+    c, s = pipe.unet.config.in_channels, pipe.unet.config.sample_size
+    d, u = pipe.text_encoder.config.hidden_size, 2 if cfg else 1
+    factor = pipe.vae.config.scaling_factor
+    image = s * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    return {
+        "text_encoder": (TextEncoderCoreML(specs["text_encoder"].module),
+                         [tensor_spec("input_ids", [1, MAX_TOKENS], "float32")],
+                         [tensor_spec("last_hidden_state", [1, MAX_TOKENS, d], "float32"),
+                          tensor_spec("pooled_outputs", [1, d], "float32")]),
+        "unet": (UnetCoreML(specs["unet"].module),
+                 [tensor_spec("sample", [u, c, s, s], "float32"), tensor_spec("timestep", [u], "float32"),
+                  tensor_spec("encoder_hidden_states", [u, d, 1, MAX_TOKENS], "float32")],
+                 [tensor_spec("noise_pred", [u, c, s, s], "float32")]),
+        "vae_decoder": (VAEDecoderCoreML(specs["vae_decoder"].module, factor),
+                        [tensor_spec("z", [1, c, s, s], "float32")],
+                        [tensor_spec("image", [1, 3, image, image], "float32")]),
+    }
+
+
+def to_apple_feeds(role: str, feeds: dict[str, np.ndarray], scaling_factor: float) -> dict[str, np.ndarray]:
+    """Map the common (optimum-named) component inputs to the Apple layout of the same call."""
+    if role == "text_encoder":
+        return {"input_ids": feeds["input_ids"].astype(np.float32)}
+    if role == "unet":
+        b = feeds["sample"].shape[0]
+        return {"sample": feeds["sample"], "timestep": np.full((b,), feeds["timestep"], np.float32),
+                "encoder_hidden_states": feeds["encoder_hidden_states"].transpose(0, 2, 1)[:, :, None, :]}
+    return {"z": feeds["latent_sample"] * np.float32(scaling_factor / SWIFT_DECODER_SCALE)}
+
+
+def from_apple_outputs(role: str, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    names = {"text_encoder": {"last_hidden_state": "last_hidden_state", "pooled_outputs": "pooler_output"},
+             "unet": {"noise_pred": "out_sample"}, "vae_decoder": {"image": "sample"}}[role]
+    return {names[k]: np.asarray(v, np.float32) for k, v in outputs.items() if k in names}
+
+
+def _tensor_type(spec: dict):
+    import coremltools as ct
+
+    return ct.TensorType(name=spec["name"], shape=tuple(spec["shape"]), dtype=np.float32)
+
+
+def convert(module: nn.Module, inputs: list[dict], outputs: list[dict], precision: str, quantization: str | None):
+    """Trace ``module`` and convert it to a Core ML ML program (iOS 16+), optionally compressing weights."""
+    import coremltools as ct
+    import coremltools.optimize.coreml as cto
+
+    example = tuple(torch.zeros(i["shape"]) for i in inputs)
+    with torch.no_grad():
+        traced = torch.jit.trace(module.eval(), example, check_trace=False)
+    model = ct.convert(
+        traced, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
+        inputs=[_tensor_type(i) for i in inputs],
+        outputs=[ct.TensorType(name=o["name"], dtype=np.float32) for o in outputs],
+        compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
+    )
+    if quantization:
+        # Only weights of the compute ops: other large constants (the text encoder's causal mask is
+        # float32-min, -inf in fp16) must stay exact, and k-means cannot cluster infinities.
+        op = (cto.OpLinearQuantizerConfig(mode="linear_symmetric") if quantization == "int8"
+              else cto.OpPalettizerConfig(nbits=int(quantization[-1]), mode="kmeans"))
+        config = cto.OptimizationConfig(op_type_configs={t: op for t in WEIGHT_OPS})
+        model = (cto.linear_quantize_weights if quantization == "int8" else cto.palettize_weights)(model, config)
+    return model
+
+
+_CT_DTYPES = {65568: "float32", 65552: "float16", 131104: "int32"}  # ArrayFeatureType.ArrayDataType values
+
+
+def validate_package(path: Path, inputs: list[dict], outputs: list[dict]) -> dict:
+    """Check a saved ``.mlpackage``'s spec against the expected I/O; return op counts and weight bytes.
+
+    Raises :class:`PocketdiffError` naming the first mismatch.
+    """
+    import coremltools as ct
+
+    spec = ct.models.MLModel(str(path), skip_model_load=True).get_spec()
+
+    def described(features) -> list[dict]:
+        return [tensor_spec(f.name, list(f.type.multiArrayType.shape),
+                            _CT_DTYPES.get(f.type.multiArrayType.dataType, str(f.type.multiArrayType.dataType)))
+                for f in features]
+
+    for kind, want, got in (("inputs", inputs, described(spec.description.input)),
+                            ("outputs", outputs, described(spec.description.output))):
+        if got != want:
+            raise PocketdiffError(f"Core ML package {path.name}: {kind} are {got}; Apple's Swift pipeline expects {want}")
+    ops = Counter()
+    for function in spec.mlProgram.functions.values():
+        for block in function.block_specializations.values():
+            ops.update(op.type for op in block.operations)
+    weights = path / "Data" / "com.apple.CoreML" / "weights" / "weight.bin"
+    return {"spec_version": spec.specificationVersion, "ops": sum(ops.values()) - ops["const"],
+            "op_counts": dict(ops.most_common()), "weight_bytes": weights.stat().st_size if weights.is_file() else 0}
+
+
+def export_coreml_target(pipe, info, folder: Path, precision: str, quantization: str | None, cfg: bool,
+                         progress=None) -> list[dict]:
+    """Write the bundle's ``coreml/`` folder; validate each package; return manifest records."""
+    from pocketdiff.export.parity import component_parity, parity_level
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("vocab.json", "merges.txt"):
+        shutil.copy2(info.tokenizer_dir / name, folder / name)
+    on_mac = platform.system() == "Darwin"
+    records = []
+    for role, (module, inputs, outputs) in apple_io(pipe, cfg).items():
+        if progress:
+            progress(f"coreml: {role}")
+        log.info("converting %s to Core ML (%s%s)", role, precision, f", {quantization}" if quantization else "")
+        model = convert(module, inputs, outputs, precision, quantization)
+        path = folder / f"{RESOURCES[role]}.mlpackage"
+        model.save(str(path))
+        meta = {"resource": RESOURCES[role], "minimum_deployment_target": "iOS16",
+                "swift_decoder_scale_factor": SWIFT_DECODER_SCALE, **validate_package(path, inputs, outputs)}
+        parity = None
+        if on_mac:  # prediction is available: the same parity check as every other target
+            factor = pipe.vae.config.scaling_factor
+
+            def run(feeds, role=role, model=model, factor=factor):
+                return from_apple_outputs(role, model.predict(to_apple_feeds(role, feeds, factor)))
+
+            batch = inputs[0]["shape"][0]
+            parity = {f"batch{batch}": component_parity(pipe, role, run, parity_level(precision, quantization), batch)}
+        else:
+            meta["parity"] = PARITY_NOT_RUN
+        records.append(component_record(role, "coreml", f"{folder.name}/{RESOURCES[role]}.mlpackage", precision,
+                                        quantization, inputs, outputs, parity, meta))
+    return records
