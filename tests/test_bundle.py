@@ -30,7 +30,7 @@ def bundle(tiny_pipeline_dir, tmp_path_factory):
 @pytest.fixture(scope="module")
 def bundle_fp16(tiny_pipeline_dir, tmp_path_factory):
     return write_bundle(tiny_pipeline_dir, tmp_path_factory.mktemp("bundle16") / "b",
-                        ExportConfig(targets=("onnx",), precision="fp16", steps=6))
+                        ExportConfig(targets=("onnx",), precision="fp16", steps=6, scheduler="ddim"))
 
 
 def _manifest(bundle):
@@ -199,10 +199,19 @@ def test_onnx_fp16(bundle_fp16, bundle, tiny_pipeline_dir):
     weights = onnx.load(str(bundle_fp16 / "onnx" / "unet" / "model.onnx")).graph.initializer
     by_type = {t: sum(len(w.raw_data) for w in weights if w.data_type == t) for t in (1, 10)}  # FLOAT, FLOAT16
     assert by_type[10] > 0.95 * (by_type[1] + by_type[10])  # weights are stored in half precision
-    cfg = GenerateConfig("a small red circle in the top left", steps=6, guidance=7.5, seed=3)
+    cfg = GenerateConfig("a small red circle in the top left", steps=6, guidance=7.5, seed=3, scheduler="ddim")
     a = generate_torch(tiny_pipeline_dir, cfg).image.astype(int)
     b = generate_runtime(RuntimePipeline.from_bundle(bundle_fp16), cfg).image.astype(int)
     assert np.abs(a - b).mean() < 1.0
+
+
+def test_bundle_scheduler_is_the_exported_one(bundle_fp16):
+    """--scheduler ddim at export: the manifest config names DDIM and the runtime samples with it."""
+    m = _manifest(bundle_fp16)
+    assert (m["scheduler"]["name"], m["scheduler"]["config"]["_class_name"]) == ("ddim", "DDIMScheduler")
+    assert len(m["scheduler"]["timesteps"]) == 6  # PNDM would pin 7
+    result = RuntimePipeline.from_bundle(bundle_fp16).generate("a red circle", steps=6, guidance=7.5, seed=0)
+    assert result.unet_calls == 6
 
 
 def test_onnx_int8(tiny_pipeline_dir, tmp_path):

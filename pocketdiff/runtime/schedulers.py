@@ -366,7 +366,9 @@ class SchedulerEntry:
     overrides: dict[str, Any] = field(default_factory=dict)
 
     def config_for(self, config: dict) -> dict:
-        return {**config, **self.overrides}
+        """``config`` (any diffusers scheduler's) as this scheduler's config: overrides applied and
+        ``_class_name`` set, so the result names the scheduler it configures."""
+        return {**config, **self.overrides, "_class_name": self.diffusers_class}
 
     def create(self, config: dict) -> Scheduler:
         return self.runtime_class(self.config_for(config))
