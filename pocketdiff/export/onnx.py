@@ -139,12 +139,17 @@ def _dedupe_and_sort(graph) -> None:
 
 
 def convert_fp16(path: Path) -> None:
-    """Convert an exported fp32 ``model.onnx`` to fp16 in place, keeping float32 I/O."""
+    """Convert an exported fp32 ``model.onnx`` to fp16 in place, keeping float32 I/O.
+
+    The converter's own shape inference serialises the model in memory, which protobuf refuses
+    above 2 GB (the SD1.5 UNet); the dynamo exporter already records every value's type, so the
+    converter is told to use those instead.
+    """
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load(str(path))
-    model16 = convert_float_to_float16(model, keep_io_types=True)
+    model16 = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True)
     _dedupe_and_sort(model16.graph)
     onnx.checker.check_model(model16)
     _save(model16, path)
