@@ -27,7 +27,7 @@ _ORT_DTYPES = {
 class OnnxSession:
     """An ``onnxruntime.InferenceSession`` with named numpy inputs and outputs."""
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, allow_spinning: bool = True):
         import onnxruntime as ort
 
         path = Path(path)
@@ -37,6 +37,8 @@ class OnnxSession:
         if threads:
             opts.intra_op_num_threads = threads
             opts.inter_op_num_threads = 1
+        if not allow_spinning:  # idle workers sleep at once (else they spin and steal the CPU from others)
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types for invalid graphs
