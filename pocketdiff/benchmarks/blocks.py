@@ -1,0 +1,154 @@
+"""Per-block latency lookup table for a UNet: each down/mid/up ResNet and cross-attention sub-block.
+
+UNet slimming (SnapFusion's architecture evolution) reads the latency of removing a block from this
+table. Blocks are named by their module path in diffusers' ``UNet2DConditionModel``
+(``down_blocks.1.attentions.0``, ``mid_block.resnets.1``, ``up_blocks.3.resnets.2``). Each is timed
+alone on the inputs it receives inside one real forward pass (captured with forward pre-hooks), so
+shapes and cross-attention context are the real ones.
+
+A table file holds several tables keyed by *target* (e.g. ``torch-cpu-2t``, or a phone's
+``executorch-xnnpack-pixel8``): a table measured on a device can be merged in and selected instead
+of this machine's. Schema: ``benchmarks/latency_table.schema.json`` (format version 1), validated on
+write and on load.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from pocketdiff.errors import PocketdiffError, choice_error
+
+FORMAT_VERSION = 1
+SCHEMA = Path(__file__).with_name("latency_table.schema.json")
+BLOCK_PATTERN = re.compile(r"^(down_blocks\.\d+|mid_block|up_blocks\.\d+)\.(resnets|attentions)\.\d+$")
+BLOCK_BACKENDS = ("torch",)
+
+
+def unet_blocks(unet) -> list[tuple[str, torch.nn.Module]]:
+    """The ResNet and attention sub-blocks of a diffusers UNet, in forward order of definition."""
+    return [(name, m) for name, m in unet.named_modules() if BLOCK_PATTERN.match(name)]
+
+
+def block_kind(name: str) -> str:
+    return "resnet" if ".resnets." in name else "attention"
+
+
+def capture_block_inputs(unet, args: tuple) -> dict[str, tuple[tuple, dict]]:
+    """Run ``unet(*args)`` once and record each block's (args, kwargs) as it is called."""
+    captured: dict[str, tuple[tuple, dict]] = {}
+    hooks = []
+    for name, module in unet_blocks(unet):
+        def hook(mod, a, kw, name=name):
+            captured.setdefault(name, (tuple(a), dict(kw)))
+        hooks.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+    try:
+        with torch.no_grad():
+            unet(*args)
+    finally:
+        for h in hooks:
+            h.remove()
+    return captured
+
+
+def _shapes(args: tuple, kwargs: dict) -> dict[str, list[int]]:
+    out = {f"arg{i}": list(a.shape) for i, a in enumerate(args) if isinstance(a, torch.Tensor)}
+    out.update({k: list(v.shape) for k, v in kwargs.items() if isinstance(v, torch.Tensor)})
+    return out
+
+
+def measure_block_latency(unet, batch: int = 2, backend: str = "torch", threads: int = 2, warmup: int = 3,
+                          repeat: int = 10, progress: Callable[[int, int], None] | None = None) -> dict:
+    """One latency table (the value stored under a target key) for ``unet`` at its sample size."""
+    from pocketdiff.benchmarks.flops import count_flops
+    from pocketdiff.benchmarks.latency import measure
+
+    if backend not in BLOCK_BACKENDS:
+        raise choice_error("per-block latency backend", backend, BLOCK_BACKENDS)
+    torch.set_num_threads(threads)
+    cfg = unet.config
+    s, c = cfg.sample_size, cfg.in_channels
+    d = cfg.cross_attention_dim
+    gen = torch.Generator().manual_seed(0)
+    args = (torch.randn(batch, c, s, s, generator=gen), torch.tensor(500.0),
+            torch.randn(batch, 77, d, generator=gen))
+    inputs = capture_block_inputs(unet.eval(), args)
+    blocks = {}
+    names = [n for n, _ in unet_blocks(unet)]
+    for i, (name, module) in enumerate(unet_blocks(unet)):
+        a, kw = inputs[name]
+
+        def call(module=module, a=a, kw=kw):
+            with torch.no_grad():
+                return module(*a, **kw)
+
+        stats = measure(call, warmup, repeat)
+        flops = count_flops(module, a, kw)
+        blocks[name] = {"kind": block_kind(name), "median_ms": round(stats.median_ms, 4),
+                        "min_ms": round(stats.min_ms, 4), "max_ms": round(stats.max_ms, 4),
+                        "macs": flops.macs, "params": flops.params, "input_shapes": _shapes(a, kw)}
+        if progress:
+            progress(i + 1, len(names))
+    return {"backend": backend, "threads": threads, "batch": batch, "sample_size": s, "repeat": repeat,
+            "warmup": warmup, "blocks": blocks}
+
+
+def target_key(backend: str, threads: int) -> str:
+    return f"{backend}-cpu-{threads}t"
+
+
+def write_latency_table(path: str | Path, target: str, table: dict, machine: dict) -> Path:
+    """Add (or replace) ``target``'s table in the file at ``path`` (created if missing), validated."""
+    import jsonschema
+
+    from pocketdiff.pipedir import atomic_output_file
+
+    path = Path(path)
+    doc = _read(path) if path.exists() else {"format_version": FORMAT_VERSION, "tables": {}}
+    doc["tables"][target] = {**table, "machine": machine}
+    jsonschema.validate(doc, json.loads(SCHEMA.read_text()))
+    with atomic_output_file(path) as tmp:
+        tmp.write_text(json.dumps(doc, indent=1) + "\n")
+    return path
+
+
+def _read(path: Path) -> dict:
+    import jsonschema
+
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise PocketdiffError(f"cannot read latency table {path}: {exc}") from None
+    if doc.get("format_version") != FORMAT_VERSION:
+        raise PocketdiffError(f"latency table {path} has format_version {doc.get('format_version')!r}; "
+                              f"this pocketdiff reads {FORMAT_VERSION}")
+    try:
+        jsonschema.validate(doc, json.loads(SCHEMA.read_text()))
+    except jsonschema.ValidationError as exc:
+        raise PocketdiffError(f"latency table {path} does not match its schema: {exc.message}") from None
+    return doc
+
+
+@dataclass(frozen=True)
+class LatencyTable:
+    """One target's per-block latencies, as read from a table file."""
+
+    target: str
+    blocks: dict[str, dict]
+
+    def latency_ms(self, block: str) -> float:
+        if block not in self.blocks:
+            raise PocketdiffError(f"latency table {self.target!r} has no block {block!r}")
+        return self.blocks[block]["median_ms"]
+
+
+def load_latency_table(path: str | Path, target: str) -> LatencyTable:
+    doc = _read(Path(path))
+    if target not in doc["tables"]:
+        raise choice_error(f"target in latency table {path}:", target, doc["tables"])
+    return LatencyTable(target, doc["tables"][target]["blocks"])

@@ -1,0 +1,67 @@
+"""Per-block latency table: every ResNet/attention block of the UNet, real input shapes, schema-valid
+files keyed by target, and a device table loadable from file."""
+
+import json
+
+import jsonschema
+import pytest
+
+from pocketdiff.benchmarks.blocks import (SCHEMA, capture_block_inputs, load_latency_table, measure_block_latency,
+                                          unet_blocks, write_latency_table)
+from pocketdiff.errors import PocketdiffError
+
+
+def test_blocks_named_like_diffusers(tiny_pipe):
+    names = [n for n, _ in unet_blocks(tiny_pipe.unet)]
+    cfg = tiny_pipe.unet.config
+    n_down = sum(cfg.layers_per_block for _ in cfg.down_block_types)
+    n_up = sum(cfg.layers_per_block + 1 for _ in cfg.up_block_types)
+    assert sum(".resnets." in n for n in names) == n_down + 2 + n_up  # + two mid-block resnets
+    assert "mid_block.attentions.0" in names and "down_blocks.0.resnets.0" in names
+
+
+def test_capture_gives_real_shapes(tiny_pipe):
+    import torch
+
+    unet = tiny_pipe.unet
+    args = (torch.zeros(2, 4, 8, 8), torch.tensor(10.0), torch.zeros(2, 77, 32))
+    got = capture_block_inputs(unet, args)
+    assert set(got) == {n for n, _ in unet_blocks(unet)}
+    hidden = got["mid_block.attentions.0"][1]["encoder_hidden_states"]
+    assert tuple(hidden.shape) == (2, 77, 32)  # the real cross-attention context reaches the block
+    first = got["down_blocks.0.resnets.0"][0][0]
+    assert first.shape[0] == 2 and first.shape[-1] == 8
+
+
+def test_table_roundtrip_and_device_table(tiny_pipe, tmp_path):
+    table = measure_block_latency(tiny_pipe.unet, batch=2, threads=1, warmup=1, repeat=3)
+    assert all(b["median_ms"] > 0 and b["macs"] > 0 for b in table["blocks"].values())
+    path = write_latency_table(tmp_path / "lut.json", "torch-cpu-1t", table, {"cpu": "test"})
+    # a phone's table (measured elsewhere) merged under its own key, then selected
+    phone = {**table, "backend": "executorch", "blocks": {k: {**v, "median_ms": 1.0} for k, v in table["blocks"].items()}}
+    write_latency_table(path, "executorch-xnnpack-phone", phone, {"device": "phone"})
+    doc = json.loads(path.read_text())
+    jsonschema.validate(doc, json.loads(SCHEMA.read_text()))
+    assert set(doc["tables"]) == {"torch-cpu-1t", "executorch-xnnpack-phone"}
+    assert load_latency_table(path, "executorch-xnnpack-phone").latency_ms("mid_block.resnets.0") == 1.0
+    here = load_latency_table(path, "torch-cpu-1t")
+    assert here.latency_ms("mid_block.resnets.0") == table["blocks"]["mid_block.resnets.0"]["median_ms"]
+    with pytest.raises(PocketdiffError, match="no block 'mid_block.resnets.7'"):
+        here.latency_ms("mid_block.resnets.7")
+    with pytest.raises(PocketdiffError, match="unknown target in latency table"):
+        load_latency_table(path, "coreml-ane")
+
+
+def test_bad_tables(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"format_version": 1, "tables": {"x": {"backend": "torch", "batch": 2,
+                                                                     "sample_size": 8,
+                                                                     "blocks": {"down.0": {"kind": "resnet",
+                                                                                           "median_ms": 1}}}}}))
+    with pytest.raises(PocketdiffError, match="does not match its schema"):
+        load_latency_table(bad, "x")
+    bad.write_text(json.dumps({"format_version": 9, "tables": {}}))
+    with pytest.raises(PocketdiffError, match="format_version 9"):
+        load_latency_table(bad, "x")
+    with pytest.raises(PocketdiffError, match="unknown per-block latency backend 'onnx'; allowed: torch"):
+        measure_block_latency(None, backend="onnx")
