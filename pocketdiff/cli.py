@@ -76,6 +76,43 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from pocketdiff.benchmarks.components import BACKENDS, bench_components
+    from pocketdiff.errors import choice_error
+
+    if args.backend not in BACKENDS:
+        raise choice_error("backend", args.backend, BACKENDS)
+    if args.json and not str(args.json).endswith(".json"):
+        raise PocketdiffError(f"--json must be a .json file, got {args.json}")
+    for name in ("threads", "repeat"):
+        if getattr(args, name) < 1:
+            raise PocketdiffError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    source = args.pipeline or args.bundle
+    if args.backend == "torch" and not args.pipeline:
+        raise PocketdiffError("--backend torch benchmarks a pipeline folder: pass --pipeline")
+    if args.backend != "torch" and not args.bundle:
+        raise PocketdiffError(f"--backend {args.backend} benchmarks an exported bundle: pass --bundle")
+    with _Progress("benchmarking", "case", args.no_progress) as progress:
+        result = bench_components(source, args.backend, args.threads, args.warmup, args.repeat,
+                                  args.peak_gflops, progress)
+    print(f"{'component':<13}{'batch':>5}{'median ms':>11}{'min':>9}{'max':>9}{'cold s':>8}{'peak RSS MB':>12}"
+          f"{'GMACs':>9}{'GFLOP/s':>9}{'of peak':>9}")
+    for r in result["components"]:
+        macs = f"{r['flops']['macs'] / 1e9:.3f}" if r["flops"] else "-"  # FLOPs need the torch modules
+        rate = f"{r['gflops_per_s']:.1f}" if "gflops_per_s" in r else "-"
+        share = f"{r['fraction_of_peak']:.1%}" if "fraction_of_peak" in r else "-"
+        print(f"{r['component']:<13}{r['batch']:>5}{r['median_ms']:>11.2f}{r['min_ms']:>9.2f}{r['max_ms']:>9.2f}"
+              f"{r['cold_start_s']:>8.2f}{r['peak_rss_mb']:>12.0f}{macs:>9}{rate:>9}{share:>9}")
+    print(f"peak: {result['peak']['peak_gflops']} GFLOP/s ({result['peak']['how']}); machine: {result['machine']['cpu']}")
+    if args.json:
+        from pocketdiff.pipedir import atomic_output_file
+
+        with atomic_output_file(args.json) as tmp:
+            tmp.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
 def _cmd_generate(args) -> int:
     from pocketdiff.generate import GenerateConfig, check_png_path, generate_runtime, generate_torch, save_png
 
@@ -213,6 +250,19 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--force", action="store_true", help="replace an existing output folder")
     e.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     e.set_defaults(func=_cmd_export)
+
+    b = sub.add_parser("bench", help="per-component latency, cold start, peak RSS, FLOPs (each in its own process)")
+    src = b.add_mutually_exclusive_group(required=True)
+    src.add_argument("--pipeline", help="diffusers pipeline folder (backend torch)")
+    src.add_argument("--bundle", help="app bundle (backend onnx or executorch)")
+    b.add_argument("--backend", default="torch", help="one of: torch, onnx, executorch")
+    b.add_argument("--threads", type=int, default=2)
+    b.add_argument("--warmup", type=int, default=3)
+    b.add_argument("--repeat", type=int, default=10)
+    b.add_argument("--peak-gflops", type=float, default=None, help="fp32 peak (default: estimated from the CPU)")
+    b.add_argument("--json", default=None, help="write the results (with machine info) to this .json file")
+    b.add_argument("--no-progress", action="store_true")
+    b.set_defaults(func=_cmd_bench)
 
     g = sub.add_parser("generate", help="generate one image from a prompt")
     src = g.add_mutually_exclusive_group(required=True)

@@ -1,0 +1,186 @@
+"""Per-component benchmark: latency after warm-up, cold start, peak RSS, params, FLOPs, GFLOP/s.
+
+Each (component, batch) is measured in its own child process (``python -m
+pocketdiff.benchmarks.components``), so cold start (session creation + first run) and peak RSS
+belong to that component alone. The child reports JSON on stdout.
+
+Components: the text encoder (batch 1), one UNet step (batch 1 and 2; an ExecuTorch program only at
+its static batch) and the VAE decoder (batch 1), on ``torch`` (a pipeline folder), ``onnx`` or
+``executorch`` (a bundle). FLOPs come from the PyTorch module (``benchmarks/flops.py``) when a
+pipeline folder is given.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pocketdiff.errors import PocketdiffError, choice_error
+
+BACKENDS = ("torch", "onnx", "executorch")
+CASES = (("text_encoder", 1), ("unet", 1), ("unet", 2), ("vae_decoder", 1))
+
+
+def peak_gflops_estimate(threads: int) -> dict:
+    """fp32 peak from /proc/cpuinfo: threads x clock x FLOPs/cycle (16 per FMA unit of 8 lanes: AVX2;
+    32 with AVX-512; one unit assumed per core). An estimate; ``--peak-gflops`` overrides it."""
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    mhz = re.search(r"^cpu MHz\s*:\s*([\d.]+)", text, re.M)
+    flags = (re.search(r"^flags\s*:(.*)$", text, re.M) or [None, ""])[1].split()
+    per_cycle = 32 if "avx512f" in flags else 16 if "fma" in flags else 8
+    if not mhz:
+        return {"peak_gflops": None, "how": "no clock in /proc/cpuinfo; pass --peak-gflops"}
+    ghz = float(mhz.group(1)) / 1000
+    return {"peak_gflops": round(threads * ghz * per_cycle, 1),
+            "how": f"{threads} threads x {ghz:.2f} GHz x {per_cycle} fp32 FLOPs/cycle (estimate)"}
+
+
+def _feeds(role: str, batch: int, latent_shape, hidden_size: int, vocab: int):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    c, h, w = latent_shape
+    if role == "text_encoder":
+        return {"input_ids": rng.integers(0, vocab, (batch, 77)).astype(np.int32)}
+    if role == "unet":
+        return {"sample": rng.standard_normal((batch, c, h, w)).astype(np.float32),
+                "timestep": np.array(500.0, np.float32),
+                "encoder_hidden_states": rng.standard_normal((batch, 77, hidden_size)).astype(np.float32)}
+    return {"latent_sample": rng.standard_normal((batch, c, h, w)).astype(np.float32)}
+
+
+def _worker(source: str, backend: str, role: str, batch: int, threads: int, warmup: int, repeat: int) -> dict:
+    """Runs in the child: load one component, time the first call, then ``repeat`` calls."""
+    from pocketdiff.benchmarks.latency import measure
+
+    if backend == "torch":  # imports are not part of the cold start
+        import torch
+
+        from pocketdiff.export.components import component_specs
+        from pocketdiff.pipedir import load_pipeline
+    else:
+        from pocketdiff.runtime.backends import BACKENDS as SESSIONS
+        from pocketdiff.runtime.bundle import load_bundle
+
+        if backend == "executorch":
+            import executorch.runtime  # noqa: F401
+    rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    t0 = time.perf_counter()
+    if backend == "torch":
+        torch.set_num_threads(threads)
+        pipe = load_pipeline(source)
+        spec = next(s for s in component_specs(pipe) if s.name == role)
+        feeds = _feeds(role, batch, (pipe.unet.config.in_channels,) + (pipe.unet.config.sample_size,) * 2,
+                       pipe.text_encoder.config.hidden_size, pipe.text_encoder.config.vocab_size)
+        args = [torch.from_numpy(feeds[n]) for n in spec.input_names]
+
+        def call():
+            with torch.no_grad():
+                return spec.module(*args)
+    else:
+        bundle = load_bundle(source)
+        comp = bundle.component(role, backend)
+        session = SESSIONS[backend](bundle.path / comp.path, comp, threads)
+        m = bundle.manifest
+        hidden = next(i["shape"][-1] for i in bundle.component("unet", backend).inputs
+                      if i["name"] == "encoder_hidden_states")
+        feeds = _feeds(role, batch, m["model"]["latent_shape"], hidden, 1000)
+
+        def call():
+            return session.run(feeds)
+    load_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    call()
+    first_s = time.perf_counter() - t1
+    stats = measure(call, warmup, repeat)
+    return {"load_s": load_s, "first_call_s": first_s, "cold_start_s": load_s + first_s,
+            **stats.to_dict(), "rss_before_load_mb": rss_start / 1024,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def meta_pipeline(pipeline_dir: str | Path):
+    """The pipeline's three models built from its configs on the meta device (no weights, no memory),
+    for FLOP counting."""
+    from types import SimpleNamespace
+
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    from pocketdiff.pipedir import inspect_pipeline
+
+    info = inspect_pipeline(pipeline_dir)
+    with torch.device("meta"):
+        return SimpleNamespace(unet=UNet2DConditionModel.from_config(info.unet_config).eval(),
+                               vae=AutoencoderKL.from_config(info.vae_config).eval(),
+                               text_encoder=CLIPTextModel(CLIPTextConfig(**info.text_encoder_config)).eval())
+
+
+def component_flops(pipe, role: str, batch: int) -> dict:
+    import torch
+
+    from pocketdiff.benchmarks.flops import count_flops
+    from pocketdiff.export.components import component_specs
+
+    spec = next(s for s in component_specs(pipe) if s.name == role)
+    with torch.device("meta"):
+        example = tuple(torch.zeros((batch, *x.shape[1:]) if n in spec.batch_inputs else x.shape, dtype=x.dtype)
+                        for x, n in zip(spec.example, spec.input_names))
+        return {**count_flops(spec.module, example).to_dict(), "by_op": None}
+
+
+def bench_components(source: str | Path, backend: str, threads: int = 2, warmup: int = 3, repeat: int = 10,
+                     peak_gflops: float | None = None, progress=None) -> dict:
+    """Benchmark every component of ``source`` (pipeline folder for torch, bundle for onnx/executorch)."""
+    from pocketdiff.benchmarks.latency import machine_info
+
+    if backend not in BACKENDS:
+        raise choice_error("backend", backend, BACKENDS)
+    source = Path(source)
+    pipeline_dir = None
+    if backend == "torch":
+        from pocketdiff.pipedir import inspect_pipeline
+
+        inspect_pipeline(source)
+        pipeline_dir = str(source)
+        cases = list(CASES)
+    else:
+        from pocketdiff.runtime.bundle import load_bundle
+
+        bundle = load_bundle(source)
+        fixed = {c.role: c.inputs[0]["shape"][0] for c in bundle.components
+                 if c.target == backend and isinstance(c.inputs[0]["shape"][0], int)}
+        cases = [(r, b) for r, b in CASES if fixed.get(r, b) == b]
+        bundle.component("unet", backend)  # error early if the bundle lacks this backend
+    peak = {"peak_gflops": peak_gflops, "how": "--peak-gflops"} if peak_gflops else peak_gflops_estimate(threads)
+    meta = meta_pipeline(pipeline_dir) if pipeline_dir else None
+    rows = []
+    for i, (role, batch) in enumerate(cases):
+        cmd = [sys.executable, "-m", "pocketdiff.benchmarks.components", str(source), backend, role, str(batch),
+               str(threads), str(warmup), str(repeat)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise PocketdiffError(f"benchmark of {role} (batch {batch}) on {backend} failed: "
+                                  f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
+        row = {"component": role, "batch": batch, **json.loads(proc.stdout.strip().splitlines()[-1])}
+        flops = component_flops(meta, role, batch) if meta else None
+        row["flops"] = flops
+        if flops and row["median_ms"] > 0:
+            row["gflops_per_s"] = round(flops["flops"] / row["median_ms"] / 1e6, 2)
+            if peak["peak_gflops"]:
+                row["fraction_of_peak"] = round(row["gflops_per_s"] / peak["peak_gflops"], 4)
+        rows.append(row)
+        if progress:
+            progress(i + 1, len(cases))
+    return {"source": str(source), "backend": backend, "threads": threads, "warmup": warmup, "repeat": repeat,
+            "peak": peak, "machine": machine_info(threads), "components": rows}
+
+
+if __name__ == "__main__":  # the child process of bench_components
+    src, be, role_, batch_, threads_, warmup_, repeat_ = sys.argv[1:8]
+    print(json.dumps(_worker(src, be, role_, int(batch_), int(threads_), int(warmup_), int(repeat_))))
