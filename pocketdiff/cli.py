@@ -80,6 +80,8 @@ def _cmd_bench(args) -> int:
     from pocketdiff.benchmarks.components import BACKENDS, bench_components
     from pocketdiff.errors import choice_error
 
+    if not (args.pipeline or args.bundle):
+        raise PocketdiffError("bench needs --pipeline DIR or --bundle DIR (or: bench compare A B)")
     if args.backend not in BACKENDS:
         raise choice_error("backend", args.backend, BACKENDS)
     if args.json and not str(args.json).endswith(".json"):
@@ -104,6 +106,34 @@ def _cmd_bench(args) -> int:
         print(f"{r['component']:<13}{r['batch']:>5}{r['median_ms']:>11.2f}{r['min_ms']:>9.2f}{r['max_ms']:>9.2f}"
               f"{r['cold_start_s']:>8.2f}{r['peak_rss_mb']:>12.0f}{macs:>9}{rate:>9}{share:>9}")
     print(f"peak: {result['peak']['peak_gflops']} GFLOP/s ({result['peak']['how']}); machine: {result['machine']['cpu']}")
+    if args.json:
+        from pocketdiff.pipedir import atomic_output_file
+
+        with atomic_output_file(args.json) as tmp:
+            tmp.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {args.json}")
+    return 0
+
+
+def _cmd_bench_compare(args) -> int:
+    from pocketdiff.benchmarks.compare import compare, parse_side
+
+    if args.json and not str(args.json).endswith(".json"):
+        raise PocketdiffError(f"--json must be a .json file, got {args.json}")
+    a, b = parse_side(args.a), parse_side(args.b)
+    result = compare(a, b, args.threads, args.warmup, args.repeat)
+    print(f"A = {a.label}\nB = {b.label}")
+    print(f"{'component':<13}{'batch':>5}{'A ms':>10}{'B ms':>10}{'B/A':>8}")
+    for r in result["components"]:
+        cell = {s: f"{r[s]['median_ms']:.2f}" if s in r else "-" for s in ("A", "B")}
+        ratio = f"{r['ratio_b_over_a']:.3f}" if "ratio_b_over_a" in r else "-"
+        print(f"{r['component']:<13}{r['batch']:>5}{cell['A']:>10}{cell['B']:>10}{ratio:>8}")
+    e = result["end_to_end"]
+    for s in ("A", "B"):
+        if "e2e_ms" in e[s]:
+            print(f"end to end {s}: {e[s]['e2e_ms']:.1f} ms (text + {e[s]['steps']} x UNet step + decoder)")
+    if "speedup_a_over_b" in e:
+        print(f"B is {e['speedup_a_over_b']:.2f}x faster than A end to end")
     if args.json:
         from pocketdiff.pipedir import atomic_output_file
 
@@ -252,7 +282,7 @@ def build_parser() -> argparse.ArgumentParser:
     e.set_defaults(func=_cmd_export)
 
     b = sub.add_parser("bench", help="per-component latency, cold start, peak RSS, FLOPs (each in its own process)")
-    src = b.add_mutually_exclusive_group(required=True)
+    src = b.add_mutually_exclusive_group()
     src.add_argument("--pipeline", help="diffusers pipeline folder (backend torch)")
     src.add_argument("--bundle", help="app bundle (backend onnx or executorch)")
     b.add_argument("--backend", default="torch", help="one of: torch, onnx, executorch")
@@ -263,6 +293,15 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", default=None, help="write the results (with machine info) to this .json file")
     b.add_argument("--no-progress", action="store_true")
     b.set_defaults(func=_cmd_bench)
+    b_sub = b.add_subparsers(dest="bench_command", parser_class=_Parser)
+    bc = b_sub.add_parser("compare", help="two configurations side by side in one process, with ratios")
+    bc.add_argument("a", help="pipeline=DIR|bundle=DIR[,backend=B][,steps=N][,guidance=W]")
+    bc.add_argument("b", help="the same form; ratios are B/A")
+    bc.add_argument("--threads", type=int, default=2)
+    bc.add_argument("--warmup", type=int, default=3)
+    bc.add_argument("--repeat", type=int, default=10)
+    bc.add_argument("--json", default=None, help="write the comparison to this .json file")
+    bc.set_defaults(func=_cmd_bench_compare)
 
     g = sub.add_parser("generate", help="generate one image from a prompt")
     src = g.add_mutually_exclusive_group(required=True)

@@ -52,3 +52,33 @@ def test_bench_bad_args(tiny_pipeline_dir, capsys, args, message):
 def test_bench_bundle_without_backend(onnx_bundle, capsys):
     assert main(["bench", "--bundle", str(onnx_bundle), "--backend", "executorch", "--no-progress"]) == 2
     assert "has no unet for target 'executorch'" in capsys.readouterr().err
+
+
+def test_compare_ratios_and_end_to_end(tiny_pipeline_dir, onnx_bundle, tmp_path):
+    out = tmp_path / "cmp.json"
+    a = f"pipeline={tiny_pipeline_dir},steps=50,guidance=7.5"
+    b = f"bundle={onnx_bundle},backend=onnx,steps=8,guidance=1"
+    assert main(["bench", "compare", a, b, "--repeat", "3", "--warmup", "1", "--json", str(out)]) == 0
+    r = json.loads(out.read_text())
+    rows = {(c["component"], c["batch"]): c for c in r["components"]}
+    assert set(rows) == {("text_encoder", 1), ("unet", 1), ("unet", 2), ("vae_decoder", 1)}
+    for c in rows.values():
+        assert c["ratio_b_over_a"] == pytest.approx(c["B"]["median_ms"] / c["A"]["median_ms"], rel=1e-3)
+    e = r["end_to_end"]
+    ms = {k: v["A"]["median_ms"] for k, v in rows.items()}
+    assert e["A"]["e2e_ms"] == pytest.approx(ms[("text_encoder", 1)] + 50 * ms[("unet", 2)] + ms[("vae_decoder", 1)])
+    msb = {k: v["B"]["median_ms"] for k, v in rows.items()}
+    assert e["B"]["e2e_ms"] == pytest.approx(msb[("text_encoder", 1)] + 8 * msb[("unet", 1)] + msb[("vae_decoder", 1)])
+    assert e["speedup_a_over_b"] == pytest.approx(e["A"]["e2e_ms"] / e["B"]["e2e_ms"], rel=1e-3)
+
+
+@pytest.mark.parametrize("side,message", [
+    ("pipeline", "expected key=value items"),
+    ("steps=8", "give exactly one of pipeline=DIR or bundle=DIR"),
+    ("pipeline=x,backend=onnx", "unknown backend for a pipeline 'onnx'; allowed: torch"),
+    ("bundle=x,speed=9", "unknown bench compare key 'speed'"),
+    ("pipeline=x,steps=0", "steps must be an integer >= 1"),
+])
+def test_compare_bad_sides(tiny_pipeline_dir, capsys, side, message):
+    assert main(["bench", "compare", side, f"pipeline={tiny_pipeline_dir}"]) == 2
+    assert message in capsys.readouterr().err
