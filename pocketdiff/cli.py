@@ -80,23 +80,29 @@ def _cmd_bench(args) -> int:
     from pocketdiff.benchmarks.components import BACKENDS, bench_components
     from pocketdiff.errors import choice_error
 
-    if not (args.pipeline or args.bundle):
-        raise PocketdiffError("bench needs --pipeline DIR or --bundle DIR (or: bench compare A B)")
+    if not (args.pipeline or args.bundle or args.arch):
+        raise PocketdiffError("bench needs --pipeline DIR, --bundle DIR or --arch NAME (or: bench compare A B)")
     if args.backend not in BACKENDS:
         raise choice_error("backend", args.backend, BACKENDS)
+    if args.resolution is not None and not args.arch:
+        raise PocketdiffError("--resolution applies to --arch (an exported bundle has fixed shapes)")
     if args.json and not str(args.json).endswith(".json"):
         raise PocketdiffError(f"--json must be a .json file, got {args.json}")
     for name in ("threads", "repeat"):
         if getattr(args, name) < 1:
             raise PocketdiffError(f"--{name} must be >= 1, got {getattr(args, name)}")
-    source = args.pipeline or args.bundle
-    if args.backend == "torch" and not args.pipeline:
+    source, pipeline_dir = args.pipeline or args.bundle, None
+    if args.arch:
+        from pocketdiff.benchmarks.components import arch_sources
+
+        source, pipeline_dir = arch_sources(args.arch, args.backend, args.resolution)
+    elif args.backend == "torch" and not args.pipeline:
         raise PocketdiffError("--backend torch benchmarks a pipeline folder: pass --pipeline")
-    if args.backend != "torch" and not args.bundle:
+    elif args.backend != "torch" and not args.bundle:
         raise PocketdiffError(f"--backend {args.backend} benchmarks an exported bundle: pass --bundle")
     with _Progress("benchmarking", "case", args.no_progress) as progress:
         result = bench_components(source, args.backend, args.threads, args.warmup, args.repeat,
-                                  args.peak_gflops, progress)
+                                  args.peak_gflops, progress, pipeline_dir)
     print(f"{'component':<13}{'batch':>5}{'median ms':>11}{'min':>9}{'max':>9}{'cold s':>8}{'peak RSS MB':>12}"
           f"{'GMACs':>9}{'GFLOP/s':>9}{'of peak':>9}")
     for r in result["components"]:
@@ -285,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     src = b.add_mutually_exclusive_group()
     src.add_argument("--pipeline", help="diffusers pipeline folder (backend torch)")
     src.add_argument("--bundle", help="app bundle (backend onnx or executorch)")
+    src.add_argument("--arch", help=f"named architecture with random weights, built (and exported) once under "
+                                    f"build/bench; one of: {', '.join(ARCHITECTURES)}")
+    b.add_argument("--resolution", type=int, default=None, help="image size for --arch (default: its native size)")
     b.add_argument("--backend", default="torch", help="one of: torch, onnx, executorch")
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--warmup", type=int, default=3)

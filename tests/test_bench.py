@@ -82,3 +82,21 @@ def test_compare_ratios_and_end_to_end(tiny_pipeline_dir, onnx_bundle, tmp_path)
 def test_compare_bad_sides(tiny_pipeline_dir, capsys, side, message):
     assert main(["bench", "compare", side, f"pipeline={tiny_pipeline_dir}"]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_bench_arch_builds_once_and_counts_flops(tmp_path, monkeypatch, capsys):
+    """--arch builds the random-weight pipeline (and its bundle) once under build/bench; FLOPs come
+    from the pipeline's configs even when the measured source is the bundle."""
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "r.json"
+    args = ["bench", "--arch", "tiny", "--resolution", "64", "--backend", "onnx", "--repeat", "2", "--warmup", "1",
+            "--no-progress", "--json", str(out)]
+    assert main(args) == 0
+    r = json.loads(out.read_text())
+    unet2 = next(c for c in r["components"] if c["component"] == "unet" and c["batch"] == 2)
+    assert unet2["flops"]["macs"] > 0 and r["source"].endswith("tiny-64-onnx")
+    made = (tmp_path / "build" / "bench" / "tiny-64-onnx" / "manifest.json").stat().st_mtime
+    assert main(args) == 0  # reuses the cached bundle
+    assert (tmp_path / "build" / "bench" / "tiny-64-onnx" / "manifest.json").stat().st_mtime == made
+    assert main(["bench", "--arch", "tiny", "--resolution", "60", "--no-progress"]) == 2
+    assert "resolution must be a positive multiple of 16" in capsys.readouterr().err

@@ -61,3 +61,17 @@ def test_sd15_export(sd15_dir, tmp_path, target, precision, min_psnr):
     if target == "executorch":
         unet = next(c for c in components if c["role"] == "unet")
         print(f"SD1.5 ExecuTorch UNet: {unet['meta']['delegated_fraction']:.1%} of compute nodes in XNNPACK")
+
+
+def test_sd15_bench_onnx_reports_unet_macs(tmp_path):
+    """`pocketdiff bench --arch sd15 --backend onnx --resolution 512` completes; its UNet conv+linear MACs
+    match BK-SDM's published ~339G (thop counts only Conv2d/Linear modules; docs/benchmarks.md)."""
+    out = tmp_path / "sd15.json"
+    subprocess.run(CLI + ["bench", "--arch", "sd15", "--backend", "onnx", "--resolution", "512", "--repeat", "2",
+                          "--warmup", "1", "--no-progress", "--json", str(out)], check=True, cwd=tmp_path)
+    r = json.loads(out.read_text())
+    unet = next(c for c in r["components"] if c["component"] == "unet" and c["batch"] == 1)
+    macs = unet["flops"]["conv_linear_macs"]
+    print(f"SD1.5 UNet 512², batch 1: {macs / 1e9:.1f}G conv+linear MACs, {unet['flops']['macs'] / 1e9:.1f}G in all; "
+          f"onnxruntime median {unet['median_ms']:.0f} ms")
+    assert abs(macs / 339e9 - 1) < 0.05

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pocketdiff.architectures.vocab import TOKENIZER_DIR, vocab_size
-from pocketdiff.errors import choice_error
+from pocketdiff.errors import PocketdiffError, choice_error
 
 # SD1.5's shipped scheduler config (PNDM/PLMS). DDIM and the others are derived from it by name.
 SD15_SCHEDULER = {
@@ -121,8 +121,11 @@ def text_encoder_config(arch: Architecture) -> dict:
     return cfg
 
 
-def build_pipeline(name: str, seed: int = 0):
-    """A ``StableDiffusionPipeline`` of architecture ``name`` with seeded random weights (fp32, CPU)."""
+def build_pipeline(name: str, seed: int = 0, resolution: int | None = None):
+    """A ``StableDiffusionPipeline`` of architecture ``name`` with seeded random weights (fp32, CPU).
+
+    ``resolution`` (image side in pixels) overrides the architecture's native size; it must be a
+    multiple of the VAE factor times the UNet's total downsampling."""
     import diffusers
     import torch
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
@@ -132,10 +135,17 @@ def build_pipeline(name: str, seed: int = 0):
 
     arch = get_architecture(name)
     text_cfg = text_encoder_config(arch)
+    unet_cfg, vae_cfg = dict(arch.unet), dict(arch.vae)
+    if resolution is not None:
+        step = arch.vae_scale_factor * 2 ** (len(unet_cfg["block_out_channels"]) - 1)
+        if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < step or resolution % step:
+            raise PocketdiffError(f"resolution must be a positive multiple of {step} for architecture {name!r}, "
+                                  f"got {resolution!r}")
+        unet_cfg["sample_size"], vae_cfg["sample_size"] = resolution // arch.vae_scale_factor, resolution
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**arch.unet)
+    unet = UNet2DConditionModel(**unet_cfg)
     torch.manual_seed(seed + 1)
-    vae = AutoencoderKL(**arch.vae)
+    vae = AutoencoderKL(**vae_cfg)
     torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg))
     entry = get_scheduler_entry(scheduler_name_for(arch.scheduler))

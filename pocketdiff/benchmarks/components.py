@@ -134,20 +134,49 @@ def component_flops(pipe, role: str, batch: int) -> dict:
         return {**count_flops(spec.module, example).to_dict(), "by_op": None}
 
 
+def arch_sources(arch: str, backend: str, resolution: int | None, cache_dir: str | Path = "build/bench"
+                 ) -> tuple[Path, Path]:
+    """(benchmark source, pipeline folder) for a named architecture with random weights.
+
+    The pipeline (and, for onnx/executorch, its bundle) is built once under ``cache_dir`` and
+    reused; weights do not change latency, FLOPs or memory.
+    """
+    from pocketdiff.architectures.factory import build_pipeline, get_architecture
+    from pocketdiff.pipedir import StageRecord, write_pipeline
+
+    a = get_architecture(arch)
+    resolution = resolution or a.image_size
+    cache = Path(cache_dir)
+    pipe_dir = cache / f"{arch}-{resolution}"
+    if not pipe_dir.is_dir():
+        pipe = build_pipeline(arch, seed=0, resolution=resolution)
+        write_pipeline(pipe, pipe_dir, [StageRecord("create", {"arch": arch, "seed": 0, "resolution": resolution})])
+    if backend == "torch":
+        return pipe_dir, pipe_dir
+    bundle = cache / f"{arch}-{resolution}-{backend}"
+    if not bundle.is_dir():
+        from pocketdiff.export.bundle import ExportConfig, write_bundle
+
+        write_bundle(pipe_dir, bundle, ExportConfig(targets=(backend,)))
+    return bundle, pipe_dir
+
+
 def bench_components(source: str | Path, backend: str, threads: int = 2, warmup: int = 3, repeat: int = 10,
-                     peak_gflops: float | None = None, progress=None) -> dict:
-    """Benchmark every component of ``source`` (pipeline folder for torch, bundle for onnx/executorch)."""
+                     peak_gflops: float | None = None, progress=None, pipeline_dir: str | Path | None = None) -> dict:
+    """Benchmark every component of ``source`` (pipeline folder for torch, bundle for onnx/executorch).
+
+    FLOPs need the torch models' configs: the pipeline folder itself for torch, ``pipeline_dir``
+    (if given) for a bundle."""
     from pocketdiff.benchmarks.latency import machine_info
 
     if backend not in BACKENDS:
         raise choice_error("backend", backend, BACKENDS)
     source = Path(source)
-    pipeline_dir = None
     if backend == "torch":
         from pocketdiff.pipedir import inspect_pipeline
 
         inspect_pipeline(source)
-        pipeline_dir = str(source)
+        pipeline_dir = source
         cases = list(CASES)
     else:
         from pocketdiff.runtime.bundle import load_bundle
