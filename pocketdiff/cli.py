@@ -76,6 +76,23 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _check_bench_args(args) -> None:
+    if args.json and not str(args.json).endswith(".json"):
+        raise PocketdiffError(f"--json must be a .json file, got {args.json}")
+    for name in ("threads", "repeat"):
+        if getattr(args, name) < 1:
+            raise PocketdiffError(f"--{name} must be >= 1, got {getattr(args, name)}")
+
+
+def _write_json(path: str | None, result: dict) -> None:
+    if path:
+        from pocketdiff.pipedir import atomic_output_file
+
+        with atomic_output_file(path) as tmp:
+            tmp.write_text(json.dumps(result, indent=1) + "\n")
+        print(f"wrote {path}")
+
+
 def _cmd_bench(args) -> int:
     from pocketdiff.benchmarks.components import BACKENDS, bench_components
     from pocketdiff.errors import choice_error
@@ -86,11 +103,7 @@ def _cmd_bench(args) -> int:
         raise choice_error("backend", args.backend, BACKENDS)
     if args.resolution is not None and not args.arch:
         raise PocketdiffError("--resolution applies to --arch (an exported bundle has fixed shapes)")
-    if args.json and not str(args.json).endswith(".json"):
-        raise PocketdiffError(f"--json must be a .json file, got {args.json}")
-    for name in ("threads", "repeat"):
-        if getattr(args, name) < 1:
-            raise PocketdiffError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    _check_bench_args(args)
     source, pipeline_dir = args.pipeline or args.bundle, None
     if args.arch:
         from pocketdiff.benchmarks.components import arch_sources
@@ -112,20 +125,14 @@ def _cmd_bench(args) -> int:
         print(f"{r['component']:<13}{r['batch']:>5}{r['median_ms']:>11.2f}{r['min_ms']:>9.2f}{r['max_ms']:>9.2f}"
               f"{r['cold_start_s']:>8.2f}{r['peak_rss_mb']:>12.0f}{macs:>9}{rate:>9}{share:>9}")
     print(f"peak: {result['peak']['peak_gflops']} GFLOP/s ({result['peak']['how']}); machine: {result['machine']['cpu']}")
-    if args.json:
-        from pocketdiff.pipedir import atomic_output_file
-
-        with atomic_output_file(args.json) as tmp:
-            tmp.write_text(json.dumps(result, indent=1) + "\n")
-        print(f"wrote {args.json}")
+    _write_json(args.json, result)
     return 0
 
 
 def _cmd_bench_compare(args) -> int:
     from pocketdiff.benchmarks.compare import compare, parse_side
 
-    if args.json and not str(args.json).endswith(".json"):
-        raise PocketdiffError(f"--json must be a .json file, got {args.json}")
+    _check_bench_args(args)
     a, b = parse_side(args.a), parse_side(args.b)
     result = compare(a, b, args.threads, args.warmup, args.repeat)
     print(f"A = {a.label}\nB = {b.label}")
@@ -140,12 +147,7 @@ def _cmd_bench_compare(args) -> int:
             print(f"end to end {s}: {e[s]['e2e_ms']:.1f} ms (text + {e[s]['steps']} x UNet step + decoder)")
     if "speedup_a_over_b" in e:
         print(f"B is {e['speedup_a_over_b']:.2f}x faster than A end to end")
-    if args.json:
-        from pocketdiff.pipedir import atomic_output_file
-
-        with atomic_output_file(args.json) as tmp:
-            tmp.write_text(json.dumps(result, indent=1) + "\n")
-        print(f"wrote {args.json}")
+    _write_json(args.json, result)
     return 0
 
 

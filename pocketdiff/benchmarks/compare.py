@@ -70,7 +70,7 @@ def parse_side(text: str) -> Side:
 
 def _callables(side: Side, threads: int) -> dict[tuple[str, int], Callable[[], object]]:
     """(role, batch) -> a zero-argument call of that component on fixed inputs."""
-    from pocketdiff.benchmarks.components import _feeds
+    from pocketdiff.export.parity import fixed_inputs
 
     calls = {}
     batches = {"text_encoder": [1], "unet": [1, 2], "vae_decoder": [1]}
@@ -85,7 +85,7 @@ def _callables(side: Side, threads: int) -> dict[tuple[str, int], Callable[[], o
         latent = (pipe.unet.config.in_channels,) + (pipe.unet.config.sample_size,) * 2
         for spec in component_specs(pipe):
             for b in batches[spec.name]:
-                feeds = _feeds(spec.name, b, latent, pipe.text_encoder.config.hidden_size,
+                feeds = fixed_inputs(spec.name, b, latent, pipe.text_encoder.config.hidden_size,
                                pipe.text_encoder.config.vocab_size)
                 args = [torch.from_numpy(feeds[n]) for n in spec.input_names]
 
@@ -107,7 +107,7 @@ def _callables(side: Side, threads: int) -> dict[tuple[str, int], Callable[[], o
         for b in bs:
             if isinstance(fixed, int) and fixed != b:
                 continue
-            feeds = _feeds(role, b, bundle.manifest["model"]["latent_shape"], hidden, 1000)
+            feeds = fixed_inputs(role, b, bundle.manifest["model"]["latent_shape"], hidden, 1000)
             calls[(role, b)] = lambda session=session, feeds=feeds: session.run(feeds)
     return calls
 

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from pocketdiff.errors import PocketdiffError, choice_error
+from pocketdiff.export.parity import fixed_inputs
 
 BACKENDS = ("torch", "onnx", "executorch")
 CASES = (("text_encoder", 1), ("unet", 1), ("unet", 2), ("vae_decoder", 1))
@@ -38,20 +39,6 @@ def peak_gflops_estimate(threads: int) -> dict:
     ghz = float(mhz.group(1)) / 1000
     return {"peak_gflops": round(threads * ghz * per_cycle, 1),
             "how": f"{threads} threads x {ghz:.2f} GHz x {per_cycle} fp32 FLOPs/cycle (estimate)"}
-
-
-def _feeds(role: str, batch: int, latent_shape, hidden_size: int, vocab: int):
-    import numpy as np
-
-    rng = np.random.default_rng(0)
-    c, h, w = latent_shape
-    if role == "text_encoder":
-        return {"input_ids": rng.integers(0, vocab, (batch, 77)).astype(np.int32)}
-    if role == "unet":
-        return {"sample": rng.standard_normal((batch, c, h, w)).astype(np.float32),
-                "timestep": np.array(500.0, np.float32),
-                "encoder_hidden_states": rng.standard_normal((batch, 77, hidden_size)).astype(np.float32)}
-    return {"latent_sample": rng.standard_normal((batch, c, h, w)).astype(np.float32)}
 
 
 def _worker(source: str, backend: str, role: str, batch: int, threads: int, warmup: int, repeat: int) -> dict:
@@ -75,7 +62,7 @@ def _worker(source: str, backend: str, role: str, batch: int, threads: int, warm
         torch.set_num_threads(threads)
         pipe = load_pipeline(source)
         spec = next(s for s in component_specs(pipe) if s.name == role)
-        feeds = _feeds(role, batch, (pipe.unet.config.in_channels,) + (pipe.unet.config.sample_size,) * 2,
+        feeds = fixed_inputs(role, batch, (pipe.unet.config.in_channels,) + (pipe.unet.config.sample_size,) * 2,
                        pipe.text_encoder.config.hidden_size, pipe.text_encoder.config.vocab_size)
         args = [torch.from_numpy(feeds[n]) for n in spec.input_names]
 
@@ -89,7 +76,7 @@ def _worker(source: str, backend: str, role: str, batch: int, threads: int, warm
         m = bundle.manifest
         hidden = next(i["shape"][-1] for i in bundle.component("unet", backend).inputs
                       if i["name"] == "encoder_hidden_states")
-        feeds = _feeds(role, batch, m["model"]["latent_shape"], hidden, 1000)
+        feeds = fixed_inputs(role, batch, m["model"]["latent_shape"], hidden, 1000)
 
         def call():
             return session.run(feeds)
@@ -212,4 +199,5 @@ def bench_components(source: str | Path, backend: str, threads: int = 2, warmup:
 
 if __name__ == "__main__":  # the child process of bench_components
     src, be, role_, batch_, threads_, warmup_, repeat_ = sys.argv[1:8]
-    print(json.dumps(_worker(src, be, role_, int(batch_), int(threads_), int(warmup_), int(repeat_))))
+    # the child's protocol: one JSON line on stdout, read by bench_components
+    sys.stdout.write(json.dumps(_worker(src, be, role_, int(batch_), int(threads_), int(warmup_), int(repeat_))) + "\n")

@@ -112,19 +112,12 @@ def torch_reference(pipe, name: str, inputs: dict[str, np.ndarray]) -> dict[str,
 
 
 def parity_inputs(pipe, role: str, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """Fixed inputs for parity checks: random ids / Gaussian latents and hidden states, timestep 500."""
-    rng = np.random.default_rng(seed)
-    c, s = pipe.unet.config.in_channels, pipe.unet.config.sample_size
-    if role == "text_encoder":
-        return {"input_ids": rng.integers(0, pipe.text_encoder.config.vocab_size, (batch, MAX_TOKENS)).astype(np.int32)}
-    if role == "unet":
-        return {"sample": rng.standard_normal((batch, c, s, s)).astype(np.float32),
-                "timestep": np.array(500.0, np.float32),
-                "encoder_hidden_states": rng.standard_normal(
-                    (batch, MAX_TOKENS, pipe.text_encoder.config.hidden_size)).astype(np.float32)}
-    if role == "vae_decoder":
-        return {"latent_sample": rng.standard_normal((batch, c, s, s)).astype(np.float32)}
-    raise ValueError(f"no parity inputs for role {role!r}")
+    """``parity.fixed_inputs`` for ``role`` at ``pipe``'s shapes."""
+    from pocketdiff.export.parity import fixed_inputs
+
+    s = pipe.unet.config.sample_size
+    return fixed_inputs(role, batch, (pipe.unet.config.in_channels, s, s), pipe.text_encoder.config.hidden_size,
+                        pipe.text_encoder.config.vocab_size, seed)
 
 
 class TwoPassGroupNorm(nn.Module):

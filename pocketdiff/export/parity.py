@@ -88,3 +88,20 @@ def component_parity(pipe, role: str, run, level: str, batch: int) -> dict[str, 
     got = run(feeds)
     return {name: {**check_parity(f"{role}.{name}", ref, got[name], level).to_dict(), "batch": batch}
             for name, ref in want.items()}
+
+
+def fixed_inputs(role: str, batch: int, latent_shape, hidden_size: int, vocab_size: int, seed: int = 0
+                 ) -> dict[str, np.ndarray]:
+    """The fixed inputs every parity check and benchmark feeds a component (numpy only): random ids,
+    Gaussian latents and hidden states, timestep 500."""
+    rng = np.random.default_rng(seed)
+    c, h, w = latent_shape
+    if role == "text_encoder":
+        return {"input_ids": rng.integers(0, vocab_size, (batch, 77)).astype(np.int32)}
+    if role == "unet":
+        return {"sample": rng.standard_normal((batch, c, h, w)).astype(np.float32),
+                "timestep": np.array(500.0, np.float32),
+                "encoder_hidden_states": rng.standard_normal((batch, 77, hidden_size)).astype(np.float32)}
+    if role == "vae_decoder":
+        return {"latent_sample": rng.standard_normal((batch, c, h, w)).astype(np.float32)}
+    raise ValueError(f"no fixed inputs for role {role!r}")
