@@ -79,6 +79,8 @@ def _cmd_export(args) -> int:
 def _check_bench_args(args) -> None:
     if args.json and not str(args.json).endswith(".json"):
         raise PocketdiffError(f"--json must be a .json file, got {args.json}")
+    if getattr(args, "html", None) and not str(args.html).endswith(".html"):
+        raise PocketdiffError(f"--html must be a .html file, got {args.html}")
     for name in ("threads", "repeat"):
         if getattr(args, name) < 1:
             raise PocketdiffError(f"--{name} must be >= 1, got {getattr(args, name)}")
@@ -103,12 +105,14 @@ def _cmd_bench(args) -> int:
         raise choice_error("backend", args.backend, BACKENDS)
     if args.resolution is not None and not args.arch:
         raise PocketdiffError("--resolution applies to --arch (an exported bundle has fixed shapes)")
+    if args.unet_spec and not args.arch:
+        raise PocketdiffError("--unet-spec applies to --arch (a pipeline or bundle already has its UNet)")
     _check_bench_args(args)
     source, pipeline_dir = args.pipeline or args.bundle, None
     if args.arch:
         from pocketdiff.benchmarks.components import arch_sources
 
-        source, pipeline_dir = arch_sources(args.arch, args.backend, args.resolution)
+        source, pipeline_dir = arch_sources(args.arch, args.backend, args.resolution, unet_spec=args.unet_spec)
     elif args.backend == "torch" and not args.pipeline:
         raise PocketdiffError("--backend torch benchmarks a pipeline folder: pass --pipeline")
     elif args.backend != "torch" and not args.bundle:
@@ -126,28 +130,50 @@ def _cmd_bench(args) -> int:
               f"{r['cold_start_s']:>8.2f}{r['peak_rss_mb']:>12.0f}{macs:>9}{rate:>9}{share:>9}")
     print(f"peak: {result['peak']['peak_gflops']} GFLOP/s ({result['peak']['how']}); machine: {result['machine']['cpu']}")
     _write_json(args.json, result)
+    if args.html:
+        from pocketdiff.benchmarks.report import write_bench_report
+
+        print(f"wrote {write_bench_report(args.html, bench_results=[result])}")
+    return 0
+
+
+def _cmd_bench_report(args) -> int:
+    from pocketdiff.benchmarks.report import read_bench_results, write_bench_report
+
+    if not str(args.out).endswith(".html"):
+        raise PocketdiffError(f"--out must be a .html file, got {args.out}")
+    benches, comparison = read_bench_results(args.results)
+    print(f"wrote {write_bench_report(args.out, benches, comparison, title=args.title)}")
     return 0
 
 
 def _cmd_bench_compare(args) -> int:
-    from pocketdiff.benchmarks.compare import compare, parse_side
+    from pocketdiff.benchmarks.compare import compare, parse_side, side_names
 
     _check_bench_args(args)
-    a, b = parse_side(args.a), parse_side(args.b)
-    result = compare(a, b, args.threads, args.warmup, args.repeat)
-    print(f"A = {a.label}\nB = {b.label}")
-    print(f"{'component':<13}{'batch':>5}{'A ms':>10}{'B ms':>10}{'B/A':>8}")
+    names = side_names(len(args.sides))
+    sides = [parse_side(text) for text in args.sides]
+    with _Progress("comparing", "component", args.no_progress) as progress:
+        result = compare(sides, args.threads, args.warmup, args.repeat, progress)
+    for n, s in zip(names, sides):
+        print(f"{n} = {s.label}")
+    print(f"{'component':<13}{'batch':>5}" + "".join(f"{n + ' ms':>11}" for n in names)
+          + "".join(f"{n + '/A':>8}" for n in names[1:]))
     for r in result["components"]:
-        cell = {s: f"{r[s]['median_ms']:.2f}" if s in r else "-" for s in ("A", "B")}
-        ratio = f"{r['ratio_b_over_a']:.3f}" if "ratio_b_over_a" in r else "-"
-        print(f"{r['component']:<13}{r['batch']:>5}{cell['A']:>10}{cell['B']:>10}{ratio:>8}")
+        cells = "".join(f"{r[n]['median_ms']:>11.2f}" if n in r else f"{'-':>11}" for n in names)
+        ratios = "".join(f"{r.get('ratio_vs_a', {}).get(n, float('nan')):>8.3f}" for n in names[1:])
+        print(f"{r['component']:<13}{r['batch']:>5}{cells}{ratios}")
     e = result["end_to_end"]
-    for s in ("A", "B"):
-        if "e2e_ms" in e[s]:
-            print(f"end to end {s}: {e[s]['e2e_ms']:.1f} ms (text + {e[s]['steps']} x UNet step + decoder)")
-    if "speedup_a_over_b" in e:
-        print(f"B is {e['speedup_a_over_b']:.2f}x faster than A end to end")
+    for n in names:
+        if "e2e_ms" in e[n]:
+            print(f"end to end {n}: {e[n]['e2e_ms']:.1f} ms (text + {e[n]['steps']} x UNet step + decoder)")
+    for n, x in e.get("speedup_vs_a", {}).items():
+        print(f"{n} is {x:.2f}x faster than A end to end")
     _write_json(args.json, result)
+    if args.html:
+        from pocketdiff.benchmarks.report import write_bench_report
+
+        print(f"wrote {write_bench_report(args.html, compare_result=result)}")
     return 0
 
 
@@ -296,23 +322,36 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--arch", help=f"named architecture with random weights, built (and exported) once under "
                                     f"build/bench; one of: {', '.join(ARCHITECTURES)}")
     b.add_argument("--resolution", type=int, default=None, help="image size for --arch (default: its native size)")
+    b.add_argument("--unet-spec", default=None,
+                   help="JSON of UNet2DConditionModel config values overriding --arch's UNet (a diffusers "
+                        "unet/config.json works)")
     b.add_argument("--backend", default="torch", help="one of: torch, onnx, executorch")
     b.add_argument("--threads", type=int, default=2)
     b.add_argument("--warmup", type=int, default=3)
     b.add_argument("--repeat", type=int, default=10)
     b.add_argument("--peak-gflops", type=float, default=None, help="fp32 peak (default: estimated from the CPU)")
     b.add_argument("--json", default=None, help="write the results (with machine info) to this .json file")
+    b.add_argument("--html", default=None, help="write an HTML report (latency bars, FLOPs, machine info)")
     b.add_argument("--no-progress", action="store_true")
     b.set_defaults(func=_cmd_bench)
     b_sub = b.add_subparsers(dest="bench_command", parser_class=_Parser)
-    bc = b_sub.add_parser("compare", help="two configurations side by side in one process, with ratios")
-    bc.add_argument("a", help="pipeline=DIR|bundle=DIR[,backend=B][,steps=N][,guidance=W]")
-    bc.add_argument("b", help="the same form; ratios are B/A")
+    bc = b_sub.add_parser("compare", help="configurations side by side in one process, with ratios to the first")
+    bc.add_argument("sides", nargs="+", metavar="SIDE",
+                    help="two or more of pipeline=DIR[,backend=torch|optimum] or bundle=DIR[,backend=onnx|executorch], "
+                         "each with optional ,steps=N,guidance=W; ratios are each side over the first")
     bc.add_argument("--threads", type=int, default=2)
     bc.add_argument("--warmup", type=int, default=3)
     bc.add_argument("--repeat", type=int, default=10)
     bc.add_argument("--json", default=None, help="write the comparison to this .json file")
+    bc.add_argument("--html", default=None, help="write an HTML report (latency bars, ratios, machine info)")
+    bc.add_argument("--no-progress", action="store_true")
     bc.set_defaults(func=_cmd_bench_compare)
+    br = b_sub.add_parser("report", help="an HTML report from saved bench / bench compare JSON files")
+    br.add_argument("results", nargs="+", help="JSON files written by bench --json (one per backend) and at most "
+                                                "one by bench compare --json")
+    br.add_argument("--out", required=True, help="output .html file")
+    br.add_argument("--title", default="pocketdiff benchmark")
+    br.set_defaults(func=_cmd_bench_report)
 
     g = sub.add_parser("generate", help="generate one image from a prompt")
     src = g.add_mutually_exclusive_group(required=True)

@@ -54,28 +54,54 @@ def test_bench_bundle_without_backend(onnx_bundle, capsys):
     assert "has no unet for target 'executorch'" in capsys.readouterr().err
 
 
-def test_compare_ratios_and_end_to_end(tiny_pipeline_dir, onnx_bundle, tmp_path):
-    out = tmp_path / "cmp.json"
+def test_compare_ratios_and_end_to_end(tiny_pipeline_dir, onnx_bundle, tmp_path, monkeypatch):
+    """Three sides in one run: diffusers eager, optimum's own export + ORTStableDiffusionPipeline, and
+    our bundle; ratios are each side over A, and the composed end-to-end follows each side's steps/CFG."""
+    monkeypatch.chdir(tmp_path)  # optimum's export is cached under ./build/bench/optimum
+    out, page = tmp_path / "cmp.json", tmp_path / "cmp.html"
     a = f"pipeline={tiny_pipeline_dir},steps=50,guidance=7.5"
     b = f"bundle={onnx_bundle},backend=onnx,steps=8,guidance=1"
-    assert main(["bench", "compare", a, b, "--repeat", "3", "--warmup", "1", "--json", str(out)]) == 0
+    c = f"pipeline={tiny_pipeline_dir},backend=optimum,steps=50,guidance=7.5"
+    assert main(["bench", "compare", a, b, c, "--repeat", "3", "--warmup", "1", "--json", str(out),
+                 "--html", str(page), "--no-progress"]) == 0
     r = json.loads(out.read_text())
+    assert [r["sides"][n]["backend"] for n in "ABC"] == ["torch", "onnx", "optimum"]
     rows = {(c["component"], c["batch"]): c for c in r["components"]}
     assert set(rows) == {("text_encoder", 1), ("unet", 1), ("unet", 2), ("vae_decoder", 1)}
-    for c in rows.values():
-        assert c["ratio_b_over_a"] == pytest.approx(c["B"]["median_ms"] / c["A"]["median_ms"], rel=1e-3)
+    for row in rows.values():
+        for n in "BC":
+            assert row["ratio_vs_a"][n] == pytest.approx(row[n]["median_ms"] / row["A"]["median_ms"], rel=1e-3)
     e = r["end_to_end"]
     ms = {k: v["A"]["median_ms"] for k, v in rows.items()}
     assert e["A"]["e2e_ms"] == pytest.approx(ms[("text_encoder", 1)] + 50 * ms[("unet", 2)] + ms[("vae_decoder", 1)])
     msb = {k: v["B"]["median_ms"] for k, v in rows.items()}
     assert e["B"]["e2e_ms"] == pytest.approx(msb[("text_encoder", 1)] + 8 * msb[("unet", 1)] + msb[("vae_decoder", 1)])
-    assert e["speedup_a_over_b"] == pytest.approx(e["A"]["e2e_ms"] / e["B"]["e2e_ms"], rel=1e-3)
+    assert e["speedup_vs_a"]["B"] == pytest.approx(e["A"]["e2e_ms"] / e["B"]["e2e_ms"], rel=1e-3)
+    # optimum ran its own export, made once and cached, not our bundle
+    assert [p.parent.name for p in (tmp_path / "build/bench/optimum").glob("*/unet/model.onnx")] == ["unet"]
+    text = page.read_text()
+    assert text.count("data:image/png;base64,") == 2 and "Ratios to side A" in text and "optimum ORT" in text
+
+
+def test_bench_report_from_saved_json(tiny_pipeline_dir, onnx_bundle, tmp_path, capsys):
+    t, o, page = tmp_path / "t.json", tmp_path / "o.json", tmp_path / "r.html"
+    assert main(["bench", "--pipeline", str(tiny_pipeline_dir), "--repeat", "2", "--warmup", "1", "--json", str(t),
+                 "--no-progress"]) == 0
+    assert main(["bench", "--bundle", str(onnx_bundle), "--backend", "onnx", "--repeat", "2", "--warmup", "1",
+                 "--json", str(o), "--no-progress"]) == 0
+    assert main(["bench", "report", str(t), str(o), "--out", str(page)]) == 0
+    text = page.read_text()
+    assert "GMACs" in text and "Machine" in text and text.count("data:image/png;base64,") == 1
+    (tmp_path / "bad.json").write_text("[1, 2]")
+    assert main(["bench", "report", str(tmp_path / "bad.json"), "--out", str(page)]) == 2
+    assert "is neither a `bench --json` nor a `bench compare --json` result" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("side,message", [
     ("pipeline", "expected key=value items"),
     ("steps=8", "give exactly one of pipeline=DIR or bundle=DIR"),
-    ("pipeline=x,backend=onnx", "unknown backend for a pipeline 'onnx'; allowed: torch"),
+    ("pipeline=x,backend=onnx", "unknown backend for a pipeline 'onnx'; allowed: torch, optimum"),
+    ("bundle=x,backend=torch", "unknown backend for a bundle 'torch'; allowed: onnx, executorch"),
     ("bundle=x,speed=9", "unknown bench compare key 'speed'"),
     ("pipeline=x,steps=0", "steps must be an integer >= 1"),
 ])
@@ -100,3 +126,28 @@ def test_bench_arch_builds_once_and_counts_flops(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "build" / "bench" / "tiny-64-onnx" / "manifest.json").stat().st_mtime == made
     assert main(["bench", "--arch", "tiny", "--resolution", "60", "--no-progress"]) == 2
     assert "resolution must be a positive multiple of 16" in capsys.readouterr().err
+
+
+def test_bench_unet_spec(tmp_path, monkeypatch, capsys):
+    """--unet-spec overrides the architecture's UNet config; the counted MACs follow it exactly."""
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "slim.json"
+    spec.write_text(json.dumps({"_class_name": "UNet2DConditionModel", "layers_per_block": 1}))
+    runs = {}
+    for name, extra in (("base", []), ("slim", ["--unet-spec", str(spec)])):
+        out = tmp_path / f"{name}.json"
+        assert main(["bench", "--arch", "tiny", "--repeat", "1", "--warmup", "0", "--no-progress", "--json", str(out),
+                     *extra]) == 0
+        runs[name] = {(c["component"], c["batch"]): c for c in json.loads(out.read_text())["components"]}
+    base, slim = runs["base"][("unet", 1)]["flops"], runs["slim"][("unet", 1)]["flops"]
+    assert slim["params"] < base["params"] and slim["macs"] < base["macs"]
+    assert runs["slim"][("vae_decoder", 1)]["flops"] == runs["base"][("vae_decoder", 1)]["flops"]
+    from pocketdiff.architectures.factory import build_pipeline
+
+    assert slim["params"] == sum(p.numel() for p in build_pipeline("tiny", unet_overrides={"layers_per_block": 1})
+                                 .unet.parameters())
+    spec.write_text(json.dumps({"layers_per_blok": 1}))
+    assert main(["bench", "--arch", "tiny", "--unet-spec", str(spec), "--no-progress"]) == 2
+    assert "unknown UNet2DConditionModel config key(s) layers_per_blok" in capsys.readouterr().err
+    assert main(["bench", "--pipeline", "x", "--unet-spec", str(spec), "--no-progress"]) == 2
+    assert "--unet-spec applies to --arch" in capsys.readouterr().err

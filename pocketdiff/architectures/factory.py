@@ -121,11 +121,43 @@ def text_encoder_config(arch: Architecture) -> dict:
     return cfg
 
 
-def build_pipeline(name: str, seed: int = 0, resolution: int | None = None):
+def unet_config_keys() -> set[str]:
+    """The keyword arguments ``UNet2DConditionModel`` takes (what a UNet spec may set)."""
+    import inspect
+
+    from diffusers import UNet2DConditionModel
+
+    return set(inspect.signature(UNet2DConditionModel.__init__).parameters) - {"self"}
+
+
+def load_unet_spec(path: str | Path) -> dict:
+    """A UNet spec file: a JSON object of ``UNet2DConditionModel`` config values that override the
+    architecture's (a whole diffusers ``unet/config.json`` works; its ``_``-prefixed keys are
+    ignored). Unknown keys are an error that names them."""
+    import json
+
+    path = Path(path)
+    if not path.is_file():
+        raise PocketdiffError(f"UNet spec {path} does not exist")
+    try:
+        spec = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise PocketdiffError(f"UNet spec {path} is not valid JSON: {exc}") from None
+    if not isinstance(spec, dict):
+        raise PocketdiffError(f"UNet spec {path} must be a JSON object of UNet config values, got {type(spec).__name__}")
+    spec = {k: v for k, v in spec.items() if not k.startswith("_")}
+    unknown = sorted(set(spec) - unet_config_keys())
+    if unknown:
+        raise PocketdiffError(f"UNet spec {path}: unknown UNet2DConditionModel config key(s) {', '.join(unknown)}")
+    return spec
+
+
+def build_pipeline(name: str, seed: int = 0, resolution: int | None = None, unet_overrides: dict | None = None):
     """A ``StableDiffusionPipeline`` of architecture ``name`` with seeded random weights (fp32, CPU).
 
     ``resolution`` (image side in pixels) overrides the architecture's native size; it must be a
-    multiple of the VAE factor times the UNet's total downsampling."""
+    multiple of the VAE factor times the UNet's total downsampling. ``unet_overrides`` (from
+    :func:`load_unet_spec`) replaces UNet config values; ``resolution`` still sets the sample size."""
     import diffusers
     import torch
     from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
@@ -135,7 +167,7 @@ def build_pipeline(name: str, seed: int = 0, resolution: int | None = None):
 
     arch = get_architecture(name)
     text_cfg = text_encoder_config(arch)
-    unet_cfg, vae_cfg = dict(arch.unet), dict(arch.vae)
+    unet_cfg, vae_cfg = {**arch.unet, **(unet_overrides or {})}, dict(arch.vae)
     if resolution is not None:
         step = arch.vae_scale_factor * 2 ** (len(unet_cfg["block_out_channels"]) - 1)
         if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < step or resolution % step:
@@ -143,7 +175,10 @@ def build_pipeline(name: str, seed: int = 0, resolution: int | None = None):
                                   f"got {resolution!r}")
         unet_cfg["sample_size"], vae_cfg["sample_size"] = resolution // arch.vae_scale_factor, resolution
     torch.manual_seed(seed)
-    unet = UNet2DConditionModel(**unet_cfg)
+    try:
+        unet = UNet2DConditionModel(**unet_cfg)
+    except (ValueError, TypeError, AssertionError) as exc:
+        raise PocketdiffError(f"UNet config of {name!r} with overrides {unet_overrides} is invalid: {exc}") from None
     torch.manual_seed(seed + 1)
     vae = AutoencoderKL(**vae_cfg)
     torch.manual_seed(seed + 2)

@@ -1,24 +1,45 @@
-"""``pocketdiff bench compare A B``: two configurations side by side in one process, alternating.
+"""``pocketdiff bench compare A B [C ...]``: configurations side by side in one process, alternating.
 
-A side is ``pipeline=DIR`` or ``bundle=DIR``, with optional ``backend=`` (torch for a pipeline;
-onnx/executorch for a bundle), ``steps=`` and ``guidance=``, comma-separated::
+A side is ``pipeline=DIR`` or ``bundle=DIR``, with optional ``backend=``, ``steps=`` and
+``guidance=``, comma-separated::
 
-    pocketdiff bench compare pipeline=build/sd15,steps=50,guidance=7.5 bundle=build/ours,backend=executorch,steps=8,guidance=1
+    pocketdiff bench compare pipeline=build/sd15,steps=50,guidance=7.5 \\
+        pipeline=build/sd15,backend=optimum,steps=50,guidance=7.5 \\
+        bundle=build/ours,backend=executorch,steps=8,guidance=7.5
 
-Per component (text encoder, UNet step at the batch the side's guidance needs, VAE decoder) the
-two sides' calls alternate (a, b, a, b, ...), and B/A ratios of the medians are reported. The
-composed end-to-end latency of each side is ``text + steps x unet_step + decoder`` where a CFG step
-is one batch-2 UNet call, as the runtime runs it; when the side's UNet can also run at batch 1, the
-issue's form ``text + steps x (2 if CFG else 1) x unet(batch 1) + decoder`` is reported beside it.
+Backends (the one registry is :data:`SIDE_BACKENDS`):
+- a pipeline folder: ``torch`` is diffusers' ``StableDiffusionPipeline`` loaded eager fp32 with
+  ``from_pretrained``, its modules called as the pipeline's ``__call__`` calls them; ``optimum`` is
+  optimum's ``ORTStableDiffusionPipeline`` on optimum's own ONNX export of the folder
+  (``benchmarks/baselines.py``, exported once and cached);
+- a bundle: ``onnx`` or ``executorch`` through pocketdiff's runtime sessions.
+
+Components are compared one at a time (text encoder, UNet step at batch 1 and 2, VAE decoder): each
+side loads only that component, the sides' calls alternate (a, b, c, a, b, c, ...), and the
+component is freed before the next, so peak memory is one component per side. onnxruntime
+sessions (ours and optimum's) are told not to spin after a call, so idle workers do not steal the CPU
+from the next side's call. Ratios are each
+side's median over side A's. The composed end-to-end latency of a side is
+``text + steps x unet_step + decoder`` where a CFG step is one batch-2 UNet call, as the runtime runs
+it; when the side's UNet also runs at batch 1, the issue's form
+``text + steps x (2 if CFG else 1) x unet(batch 1) + decoder`` is reported beside it.
 """
 
 from __future__ import annotations
 
+import gc
+import string
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 from pocketdiff.errors import PocketdiffError, choice_error
+
+SIDE_BACKENDS = {"pipeline": ("torch", "optimum"), "bundle": ("onnx", "executorch")}
+BACKEND_LABELS = {"torch": "diffusers eager fp32", "optimum": "optimum ORT", "onnx": "pocketdiff onnxruntime",
+                  "executorch": "pocketdiff ExecuTorch"}
+CASES = (("text_encoder", 1), ("unet", 1), ("unet", 2), ("vae_decoder", 1))
+KEYS = ("pipeline", "bundle", "backend", "steps", "guidance")
 
 
 @dataclass(frozen=True)
@@ -35,7 +56,11 @@ class Side:
 
     @property
     def label(self) -> str:
-        return f"{self.path.name}[{self.backend}, {self.steps} steps{', CFG' if self.cfg else ''}]"
+        return f"{self.path.name}[{BACKEND_LABELS[self.backend]}, {self.steps} steps{', CFG' if self.cfg else ''}]"
+
+    def to_dict(self) -> dict:
+        return {"kind": self.kind, "path": str(self.path), "backend": self.backend, "steps": self.steps,
+                "guidance": self.guidance, "label": self.label}
 
 
 def parse_side(text: str) -> Side:
@@ -46,18 +71,16 @@ def parse_side(text: str) -> Side:
         if not sep or not value:
             raise PocketdiffError(f"bench compare side {text!r}: expected key=value items, got {part!r}")
         fields[key.strip()] = value.strip()
-    kinds = [k for k in ("pipeline", "bundle") if k in fields]
+    kinds = [k for k in SIDE_BACKENDS if k in fields]
     if len(kinds) != 1:
         raise PocketdiffError(f"bench compare side {text!r}: give exactly one of pipeline=DIR or bundle=DIR")
-    unknown = set(fields) - {"pipeline", "bundle", "backend", "steps", "guidance"}
+    unknown = set(fields) - set(KEYS)
     if unknown:
-        raise choice_error("bench compare key", sorted(unknown)[0], ("pipeline", "bundle", "backend", "steps",
-                                                                     "guidance"))
+        raise choice_error("bench compare key", sorted(unknown)[0], KEYS)
     kind = kinds[0]
-    backend = fields.get("backend", "torch" if kind == "pipeline" else "onnx")
-    allowed = ("torch",) if kind == "pipeline" else ("onnx", "executorch")
-    if backend not in allowed:
-        raise choice_error(f"backend for a {kind}", backend, allowed)
+    backend = fields.get("backend", SIDE_BACKENDS[kind][0])
+    if backend not in SIDE_BACKENDS[kind]:
+        raise choice_error(f"backend for a {kind}", backend, SIDE_BACKENDS[kind])
     try:
         steps, guidance = int(fields.get("steps", "25")), float(fields.get("guidance", "7.5"))
     except ValueError as exc:
@@ -65,50 +88,71 @@ def parse_side(text: str) -> Side:
     from pocketdiff.runtime.sampler import check_generation_args
 
     check_generation_args(steps, guidance)
-    return Side(kind, Path(fields[kind]), backend, steps, guidance)
+    path = Path(fields[kind])
+    if kind == "pipeline":
+        from pocketdiff.pipedir import inspect_pipeline
+
+        inspect_pipeline(path)
+    else:
+        from pocketdiff.runtime.bundle import load_bundle
+
+        load_bundle(path).component("unet", backend)  # the bundle must hold this backend
+    return Side(kind, path, backend, steps, guidance)
 
 
-def _callables(side: Side, threads: int) -> dict[tuple[str, int], Callable[[], object]]:
-    """(role, batch) -> a zero-argument call of that component on fixed inputs."""
+def _pipeline_calls(side: Side, role: str, threads: int, optimum_cache: str | Path
+                    ) -> dict[int, Callable[[], object]]:
+    """batch -> call of one component of a pipeline side (only that component is kept)."""
+    import torch
+
+    from pocketdiff.export.components import component_specs
     from pocketdiff.export.parity import fixed_inputs
+    from pocketdiff.pipedir import inspect_pipeline
 
+    info = inspect_pipeline(side.path)
+    latent = (info.unet_config["in_channels"],) + (info.unet_config["sample_size"],) * 2
+    hidden, vocab = info.text_encoder_config["hidden_size"], info.text_encoder_config["vocab_size"]
+    batches = [b for r, b in CASES if r == role]
+    feeds = {b: fixed_inputs(role, b, latent, hidden, vocab) for b in batches}
+    if side.backend == "optimum":
+        from pocketdiff.benchmarks.baselines import optimum_component_call
+
+        return {b: optimum_component_call(side.path, role, feeds[b], threads, optimum_cache) for b in batches}
+    from pocketdiff.pipedir import load_pipeline
+
+    torch.set_num_threads(threads)
+    spec = next(s for s in component_specs(load_pipeline(side.path)) if s.name == role)
     calls = {}
-    batches = {"text_encoder": [1], "unet": [1, 2], "vae_decoder": [1]}
-    if side.kind == "pipeline":
-        import torch
+    for b in batches:
+        args = [torch.from_numpy(feeds[b][n]) for n in spec.input_names]
 
-        from pocketdiff.export.components import component_specs
-        from pocketdiff.pipedir import load_pipeline
+        def call(module=spec.module, args=args):
+            with torch.no_grad():
+                return module(*args)
+        calls[b] = call
+    return calls
 
-        torch.set_num_threads(threads)
-        pipe = load_pipeline(side.path)
-        latent = (pipe.unet.config.in_channels,) + (pipe.unet.config.sample_size,) * 2
-        for spec in component_specs(pipe):
-            for b in batches[spec.name]:
-                feeds = fixed_inputs(spec.name, b, latent, pipe.text_encoder.config.hidden_size,
-                               pipe.text_encoder.config.vocab_size)
-                args = [torch.from_numpy(feeds[n]) for n in spec.input_names]
 
-                def call(module=spec.module, args=args):
-                    with torch.no_grad():
-                        return module(*args)
-                calls[(spec.name, b)] = call
-        return calls
-    from pocketdiff.runtime.backends import BACKENDS
+def _bundle_calls(side: Side, role: str, threads: int) -> dict[int, Callable[[], object]]:
+    from pocketdiff.export.parity import fixed_inputs
+    from pocketdiff.runtime.backends import BACKENDS, OnnxSession
     from pocketdiff.runtime.bundle import load_bundle
 
     bundle = load_bundle(side.path)
     hidden = next(i["shape"][-1] for i in bundle.component("unet", side.backend).inputs
                   if i["name"] == "encoder_hidden_states")
-    for role, bs in batches.items():
-        comp = bundle.component(role, side.backend)
+    comp = bundle.component(role, side.backend)
+    if side.backend == "onnx":  # workers sleep after a call instead of spinning into the next side's call
+        session = OnnxSession(bundle.path / comp.path, threads, allow_spinning=False)
+    else:
         session = BACKENDS[side.backend](bundle.path / comp.path, comp, threads)
-        fixed = comp.inputs[0]["shape"][0]
-        for b in bs:
-            if isinstance(fixed, int) and fixed != b:
-                continue
-            feeds = fixed_inputs(role, b, bundle.manifest["model"]["latent_shape"], hidden, 1000)
-            calls[(role, b)] = lambda session=session, feeds=feeds: session.run(feeds)
+    fixed = comp.inputs[0]["shape"][0]
+    calls = {}
+    for r, b in CASES:
+        if r != role or (isinstance(fixed, int) and fixed != b):
+            continue  # an ExecuTorch program runs only at its static batch
+        feeds = fixed_inputs(role, b, bundle.manifest["model"]["latent_shape"], hidden, 1000)
+        calls[b] = lambda session=session, feeds=feeds: session.run(feeds)
     return calls
 
 
@@ -123,26 +167,43 @@ def _e2e(side: Side, ms: dict[tuple[str, int], float]) -> dict:
     return out
 
 
-def compare(a: Side, b: Side, threads: int = 2, warmup: int = 3, repeat: int = 10) -> dict:
+def side_names(n: int) -> list[str]:
+    if not 2 <= n <= 26:
+        raise PocketdiffError(f"bench compare takes 2 to 26 sides, got {n}")
+    return list(string.ascii_uppercase[:n])
+
+
+def compare(sides: list[Side], threads: int = 2, warmup: int = 3, repeat: int = 10, progress=None,
+            optimum_cache: str | Path = "build/bench/optimum") -> dict:
+    """Alternate every side's call of each component; ratios are each side's median over side A's."""
     from pocketdiff.benchmarks.latency import machine_info, measure_alternating
 
-    calls = {"A": _callables(a, threads), "B": _callables(b, threads)}
-    rows, medians = [], {"A": {}, "B": {}}
-    for key in sorted(set(calls["A"]) | set(calls["B"]), key=lambda k: (("text_encoder", "unet", "vae_decoder")
-                                                                          .index(k[0]), k[1])):
-        present = {s: calls[s][key] for s in ("A", "B") if key in calls[s]}
-        stats = measure_alternating(present, warmup, repeat)
-        row = {"component": key[0], "batch": key[1]}
-        for s, st in stats.items():
-            medians[s][key] = st.median_ms
-            row[s] = st.to_dict()
-        if len(stats) == 2:
-            row["ratio_b_over_a"] = round(stats["B"].median_ms / stats["A"].median_ms, 4)
-        rows.append(row)
-    e2e = {"A": _e2e(a, medians["A"]), "B": _e2e(b, medians["B"])}
-    if "e2e_ms" in e2e["A"] and "e2e_ms" in e2e["B"]:
-        e2e["speedup_a_over_b"] = round(e2e["A"]["e2e_ms"] / e2e["B"]["e2e_ms"], 3)
-    return {"A": {**a.__dict__, "path": str(a.path), "label": a.label},
-            "B": {**b.__dict__, "path": str(b.path), "label": b.label},
-            "components": rows, "end_to_end": e2e, "threads": threads, "warmup": warmup, "repeat": repeat,
-            "machine": machine_info(threads)}
+    names = side_names(len(sides))
+    rows, medians = [], {n: {} for n in names}
+    roles = list(dict.fromkeys(r for r, _ in CASES))
+    for i, role in enumerate(roles):
+        calls = {n: (_pipeline_calls(s, role, threads, optimum_cache) if s.kind == "pipeline"
+                     else _bundle_calls(s, role, threads)) for n, s in zip(names, sides)}
+        for r, batch in CASES:
+            if r != role:
+                continue
+            present = {n: calls[n][batch] for n in names if batch in calls[n]}
+            stats = measure_alternating(present, warmup, repeat)
+            row = {"component": role, "batch": batch}
+            for n, st in stats.items():
+                medians[n][(role, batch)] = st.median_ms
+                row[n] = st.to_dict()
+            if "A" in stats:
+                row["ratio_vs_a"] = {n: round(st.median_ms / stats["A"].median_ms, 4) for n, st in stats.items()
+                                     if n != "A"}
+            rows.append(row)
+        del calls
+        gc.collect()
+        if progress:
+            progress(i + 1, len(roles))
+    e2e = {n: _e2e(s, medians[n]) for n, s in zip(names, sides)}
+    if "e2e_ms" in e2e["A"]:
+        e2e["speedup_vs_a"] = {n: round(e2e["A"]["e2e_ms"] / e2e[n]["e2e_ms"], 3) for n in names[1:]
+                               if "e2e_ms" in e2e[n]}
+    return {"sides": {n: s.to_dict() for n, s in zip(names, sides)}, "components": rows, "end_to_end": e2e,
+            "threads": threads, "warmup": warmup, "repeat": repeat, "machine": machine_info(threads)}

@@ -121,26 +121,34 @@ def component_flops(pipe, role: str, batch: int) -> dict:
         return {**count_flops(spec.module, example).to_dict(), "by_op": None}
 
 
-def arch_sources(arch: str, backend: str, resolution: int | None, cache_dir: str | Path = "build/bench"
-                 ) -> tuple[Path, Path]:
+def arch_sources(arch: str, backend: str, resolution: int | None, cache_dir: str | Path = "build/bench",
+                 unet_spec: str | Path | None = None) -> tuple[Path, Path]:
     """(benchmark source, pipeline folder) for a named architecture with random weights.
 
     The pipeline (and, for onnx/executorch, its bundle) is built once under ``cache_dir`` and
-    reused; weights do not change latency, FLOPs or memory.
+    reused; weights do not change latency, FLOPs or memory. ``unet_spec`` is a JSON file of UNet
+    config overrides (``architectures.factory.load_unet_spec``); its content names the cache folder.
     """
-    from pocketdiff.architectures.factory import build_pipeline, get_architecture
+    import hashlib
+
+    from pocketdiff.architectures.factory import build_pipeline, get_architecture, load_unet_spec
     from pocketdiff.pipedir import StageRecord, write_pipeline
 
     a = get_architecture(arch)
+    overrides = load_unet_spec(unet_spec) if unet_spec else None
     resolution = resolution or a.image_size
     cache = Path(cache_dir)
-    pipe_dir = cache / f"{arch}-{resolution}"
+    name = f"{arch}-{resolution}"
+    if overrides:
+        name += "-unet" + hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8]
+    pipe_dir = cache / name
     if not pipe_dir.is_dir():
-        pipe = build_pipeline(arch, seed=0, resolution=resolution)
-        write_pipeline(pipe, pipe_dir, [StageRecord("create", {"arch": arch, "seed": 0, "resolution": resolution})])
+        pipe = build_pipeline(arch, seed=0, resolution=resolution, unet_overrides=overrides)
+        write_pipeline(pipe, pipe_dir, [StageRecord("create", {"arch": arch, "seed": 0, "resolution": resolution,
+                                                               "unet_overrides": overrides})])
     if backend == "torch":
         return pipe_dir, pipe_dir
-    bundle = cache / f"{arch}-{resolution}-{backend}"
+    bundle = cache / f"{name}-{backend}"
     if not bundle.is_dir():
         from pocketdiff.export.bundle import ExportConfig, write_bundle
 
