@@ -108,6 +108,12 @@ def _cmd_bench(args) -> int:
     if args.unet_spec and not args.arch:
         raise PocketdiffError("--unet-spec applies to --arch (a pipeline or bundle already has its UNet)")
     _check_bench_args(args)
+    if args.target not in ("local", "adb"):
+        raise choice_error("bench target", args.target, ("local", "adb"))
+    if args.target == "adb" and args.backend != "executorch":
+        raise PocketdiffError("--target adb runs ExecuTorch programs: pass --backend executorch")
+    if args.target == "local" and (args.runner or args.serial):
+        raise PocketdiffError("--runner and --serial apply to --target adb")
     source, pipeline_dir = args.pipeline or args.bundle, None
     if args.arch:
         from pocketdiff.benchmarks.components import arch_sources
@@ -117,6 +123,8 @@ def _cmd_bench(args) -> int:
         raise PocketdiffError("--backend torch benchmarks a pipeline folder: pass --pipeline")
     elif args.backend != "torch" and not args.bundle:
         raise PocketdiffError(f"--backend {args.backend} benchmarks an exported bundle: pass --bundle")
+    if args.target == "adb":
+        return _bench_adb(args, source)
     with _Progress("benchmarking", "case", args.no_progress) as progress:
         result = bench_components(source, args.backend, args.threads, args.warmup, args.repeat,
                                   args.peak_gflops, progress, pipeline_dir)
@@ -134,6 +142,24 @@ def _cmd_bench(args) -> int:
         from pocketdiff.benchmarks.report import write_bench_report
 
         print(f"wrote {write_bench_report(args.html, bench_results=[result])}")
+    return 0
+
+
+def _bench_adb(args, source) -> int:
+    from pocketdiff.benchmarks.adb import AdbTarget, bench_adb
+
+    if not args.runner:
+        raise PocketdiffError("--target adb needs --runner PATH (executor_runner built for the phone)")
+    target = AdbTarget(Path(args.runner), args.serial, args.adb)
+    with _Progress("on device", "component", args.no_progress) as progress:
+        result = bench_adb(source, target, args.threads, args.warmup, args.repeat, progress)
+    print(f"device: {result['device'].get('ro.product.manufacturer', '')} {result['device'].get('ro.product.model', '')}")
+    print(f"{'component':<13}{'batch':>5}{'median ms':>11}{'min':>9}{'max':>9}{'load ms':>9}")
+    for r in result["components"]:
+        med = r.get("median_ms", r.get("mean_ms"))
+        print(f"{r['component']:<13}{r['batch']:>5}{med:>11.2f}{r.get('min_ms', med):>9.2f}{r.get('max_ms', med):>9.2f}"
+              f"{r['load_ms'] or float('nan'):>9.1f}")
+    _write_json(args.json, result)
     return 0
 
 
@@ -330,6 +356,12 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--warmup", type=int, default=3)
     b.add_argument("--repeat", type=int, default=10)
     b.add_argument("--peak-gflops", type=float, default=None, help="fp32 peak (default: estimated from the CPU)")
+    b.add_argument("--target", default="local",
+                   help="local (this machine) or adb (an Android phone over adb; unverified on hardware, see "
+                        "docs/benchmarks.md)")
+    b.add_argument("--runner", default=None, help="--target adb: executor_runner binary built for the phone")
+    b.add_argument("--serial", default=None, help="--target adb: device serial (adb -s)")
+    b.add_argument("--adb", default="adb", help="--target adb: the adb executable")
     b.add_argument("--json", default=None, help="write the results (with machine info) to this .json file")
     b.add_argument("--html", default=None, help="write an HTML report (latency bars, FLOPs, machine info)")
     b.add_argument("--no-progress", action="store_true")

@@ -34,6 +34,15 @@ def tiny_onnx_dir(tiny_pipeline_dir, tmp_path_factory):
     return export_onnx(tiny_pipeline_dir, tmp_path_factory.mktemp("tiny_onnx") / "onnx")
 
 
+@pytest.fixture(scope="session")
+def tiny_bundle(tiny_pipeline_dir, tmp_path_factory):
+    """The one all-target export of the suite (about 2 minutes on 2 cores); read-only for tests."""
+    from pocketdiff.export.bundle import ExportConfig, write_bundle
+
+    return write_bundle(tiny_pipeline_dir, tmp_path_factory.mktemp("bundle") / "b",
+                        ExportConfig(targets=("onnx", "coreml", "executorch"), steps=6, guidance=7.5))
+
+
 @pytest.fixture
 def copy_pipeline(tiny_pipeline_dir, tmp_path):
     """A private, editable copy of the tiny pipeline folder (for corrupting it)."""

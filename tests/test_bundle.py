@@ -21,10 +21,10 @@ ALL = ("onnx", "coreml", "executorch")
 
 
 @pytest.fixture(scope="module")
-def bundle(tiny_pipeline_dir, tmp_path_factory):
-    """The one all-target export of the suite (about 2 minutes on 2 cores)."""
-    return write_bundle(tiny_pipeline_dir, tmp_path_factory.mktemp("bundle") / "b",
-                        ExportConfig(targets=ALL, steps=6, guidance=7.5))
+def bundle(tiny_bundle):
+    """The suite's all-target export of the tiny pipeline (conftest)."""
+    assert _manifest(tiny_bundle)["export"]["targets"] == list(ALL)
+    return tiny_bundle
 
 
 @pytest.fixture(scope="module")
