@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 QUIET_PIP := { grep -v "^WARNING: Location '.*' is ignored" || true; }
 DEMO := build/demo
 
-.PHONY: venv test test-slow demo teacher baseline export-bench clean
+.PHONY: venv test test-slow demo teacher baseline export-bench bench-sd15 clean
 
 venv: $(STAMP)
 
@@ -48,6 +48,12 @@ baseline: venv
 # Latency record for docs/export.md: torch vs onnxruntime vs ExecuTorch on the tiny and toy pipelines.
 export-bench: venv
 	$(BIN)/python scripts/export_benchmark.py --threads 2
+
+# SD1.5 results page (docs/sd15_benchmark.md/.json/.html): torch, onnxruntime, ExecuTorch per component, and
+# diffusers/optimum/ours side by side at 512². Builds its models once under build/bench (~25 min the first time,
+# ~15 GB peak RSS); then about 40 min of measuring on 2 cores.
+bench-sd15: venv
+	$(BIN)/python scripts/sd15_benchmark.py --threads 2
 
 clean:
 	rm -rf build .pytest_cache

@@ -180,7 +180,7 @@ def _cmd_bench_compare(args) -> int:
     names = side_names(len(args.sides))
     sides = [parse_side(text) for text in args.sides]
     with _Progress("comparing", "component", args.no_progress) as progress:
-        result = compare(sides, args.threads, args.warmup, args.repeat, progress)
+        result = compare(sides, args.threads, args.warmup, args.repeat, progress, pairwise=args.pairwise)
     for n, s in zip(names, sides):
         print(f"{n} = {s.label}")
     print(f"{'component':<13}{'batch':>5}" + "".join(f"{n + ' ms':>11}" for n in names)
@@ -376,6 +376,8 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--repeat", type=int, default=10)
     bc.add_argument("--json", default=None, help="write the comparison to this .json file")
     bc.add_argument("--html", default=None, help="write an HTML report (latency bars, ratios, machine info)")
+    bc.add_argument("--pairwise", action="store_true",
+                    help="alternate A with each other side in turn, one pair loaded at a time (large models)")
     bc.add_argument("--no-progress", action="store_true")
     bc.set_defaults(func=_cmd_bench_compare)
     br = b_sub.add_parser("report", help="an HTML report from saved bench / bench compare JSON files")

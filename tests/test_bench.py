@@ -151,3 +151,32 @@ def test_bench_unet_spec(tmp_path, monkeypatch, capsys):
     assert "unknown UNet2DConditionModel config key(s) layers_per_blok" in capsys.readouterr().err
     assert main(["bench", "--pipeline", "x", "--unet-spec", str(spec), "--no-progress"]) == 2
     assert "--unet-spec applies to --arch" in capsys.readouterr().err
+
+
+def test_peak_rss_is_the_childs_own(tmp_path):
+    """A child started from a parent holding 600 MB must not report the parent's peak."""
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from pocketdiff.benchmarks.components import peak_rss_mb
+
+    ballast = np.ones(600 * 2**20 // 8)  # noqa: F841  (held while the child runs)
+    assert peak_rss_mb() > 600
+    child = subprocess.run([sys.executable, "-c", "from pocketdiff.benchmarks.components import peak_rss_mb;"
+                            "import sys; sys.stdout.write(str(peak_rss_mb()))"], capture_output=True, text=True)
+    assert float(child.stdout) < 300
+
+
+def test_compare_pairwise(tiny_pipeline_dir, onnx_bundle, tmp_path):
+    """--pairwise: A alternates with each side in turn; A's samples pool over the pairs."""
+    out = tmp_path / "p.json"
+    sides = [f"pipeline={tiny_pipeline_dir},steps=10", f"bundle={onnx_bundle},backend=onnx,steps=10",
+             f"bundle={onnx_bundle},backend=onnx,steps=4,guidance=1"]
+    assert main(["bench", "compare", *sides, "--pairwise", "--repeat", "3", "--warmup", "1", "--json", str(out),
+                 "--no-progress"]) == 0
+    r = json.loads(out.read_text())
+    assert r["alternation"] == "pairwise with A"
+    for row in r["components"]:
+        assert row["A"]["repeat"] == 6 and row["B"]["repeat"] == 3 and set(row["ratio_vs_a"]) == {"B", "C"}

@@ -16,7 +16,8 @@ Backends (the one registry is :data:`SIDE_BACKENDS`):
 
 Components are compared one at a time (text encoder, UNet step at batch 1 and 2, VAE decoder): each
 side loads only that component, the sides' calls alternate (a, b, c, a, b, c, ...), and the
-component is freed before the next, so peak memory is one component per side. onnxruntime
+component is freed before the next, so peak memory is one component per side (``pairwise``: one
+component of two sides, A and one other, at a time). onnxruntime
 sessions (ours and optimum's) are told not to spin after a call, so idle workers do not steal the CPU
 from the next side's call. Ratios are each
 side's median over side A's. The composed end-to-end latency of a side is
@@ -173,37 +174,59 @@ def side_names(n: int) -> list[str]:
     return list(string.ascii_uppercase[:n])
 
 
+def _calls(side: Side, role: str, threads: int, optimum_cache) -> dict[int, Callable[[], object]]:
+    if side.kind == "pipeline":
+        return _pipeline_calls(side, role, threads, optimum_cache)
+    return _bundle_calls(side, role, threads)
+
+
 def compare(sides: list[Side], threads: int = 2, warmup: int = 3, repeat: int = 10, progress=None,
-            optimum_cache: str | Path = "build/bench/optimum") -> dict:
-    """Alternate every side's call of each component; ratios are each side's median over side A's."""
-    from pocketdiff.benchmarks.latency import machine_info, measure_alternating
+            optimum_cache: str | Path = "build/bench/optimum", pairwise: bool = False) -> dict:
+    """Alternate the sides' calls of each component; ratios are each side's median over side A's.
+
+    ``pairwise``: instead of all sides at once, alternate A with each other side in turn, loading one
+    pair at a time (for models too big to hold one copy per side: four SD1.5 UNets ran out of 24 GB).
+    Each ratio then comes from its own pair's alternation; A's figures pool its samples over the pairs.
+    """
+    from pocketdiff.benchmarks.latency import machine_info, measure_alternating, stats
 
     names = side_names(len(sides))
+    by_name = dict(zip(names, sides))
+    groups = [[names[0], n] for n in names[1:]] if pairwise else [names]
     rows, medians = [], {n: {} for n in names}
     roles = list(dict.fromkeys(r for r, _ in CASES))
     for i, role in enumerate(roles):
-        calls = {n: (_pipeline_calls(s, role, threads, optimum_cache) if s.kind == "pipeline"
-                     else _bundle_calls(s, role, threads)) for n, s in zip(names, sides)}
-        for r, batch in CASES:
-            if r != role:
-                continue
-            present = {n: calls[n][batch] for n in names if batch in calls[n]}
-            stats = measure_alternating(present, warmup, repeat)
+        samples: dict[int, dict[str, list[float]]] = {}
+        ratios: dict[int, dict[str, float]] = {}
+        for group in groups:
+            calls = {n: _calls(by_name[n], role, threads, optimum_cache) for n in group}
+            for batch in [b for r, b in CASES if r == role]:
+                present = {n: calls[n][batch] for n in group if batch in calls[n]}
+                timed = measure_alternating(present, warmup, repeat, keep_samples=True)
+                for n, (_, raw) in timed.items():
+                    samples.setdefault(batch, {}).setdefault(n, []).extend(raw)
+                if "A" in timed:
+                    a_med = timed["A"][0].median_ms
+                    ratios.setdefault(batch, {}).update(
+                        {n: round(st.median_ms / a_med, 4) for n, (st, _) in timed.items() if n != "A"})
+            del calls
+            gc.collect()
+        for batch, per_side in samples.items():
             row = {"component": role, "batch": batch}
-            for n, st in stats.items():
-                medians[n][(role, batch)] = st.median_ms
-                row[n] = st.to_dict()
-            if "A" in stats:
-                row["ratio_vs_a"] = {n: round(st.median_ms / stats["A"].median_ms, 4) for n, st in stats.items()
-                                     if n != "A"}
+            for n in names:
+                if n in per_side:
+                    st = stats(per_side[n], warmup)
+                    medians[n][(role, batch)] = st.median_ms
+                    row[n] = st.to_dict()
+            if ratios.get(batch):
+                row["ratio_vs_a"] = ratios[batch]
             rows.append(row)
-        del calls
-        gc.collect()
         if progress:
             progress(i + 1, len(roles))
-    e2e = {n: _e2e(s, medians[n]) for n, s in zip(names, sides)}
+    e2e = {n: _e2e(s, medians[n]) for n, s in by_name.items()}
     if "e2e_ms" in e2e["A"]:
         e2e["speedup_vs_a"] = {n: round(e2e["A"]["e2e_ms"] / e2e[n]["e2e_ms"], 3) for n in names[1:]
                                if "e2e_ms" in e2e[n]}
-    return {"sides": {n: s.to_dict() for n, s in zip(names, sides)}, "components": rows, "end_to_end": e2e,
-            "threads": threads, "warmup": warmup, "repeat": repeat, "machine": machine_info(threads)}
+    return {"sides": {n: s.to_dict() for n, s in by_name.items()}, "components": rows, "end_to_end": e2e,
+            "alternation": "pairwise with A" if pairwise else "all sides", "threads": threads, "warmup": warmup,
+            "repeat": repeat, "machine": machine_info(threads)}

@@ -41,6 +41,22 @@ def peak_gflops_estimate(threads: int) -> dict:
             "how": f"{threads} threads x {ghz:.2f} GHz x {per_cycle} fp32 FLOPs/cycle (estimate)"}
 
 
+def peak_rss_mb() -> float:
+    """This process's peak resident set size in MB: ``VmHWM`` from ``/proc/self/status``.
+
+    Not ``getrusage().ru_maxrss``: Linux keeps that across ``execve``, so a child started from a large
+    parent reports the parent's peak (measured: every case of a bench run from a 1.3 GB parent read
+    1294 MB). ``VmHWM`` belongs to the address space, which ``execve`` replaces. Falls back to
+    ``ru_maxrss`` where ``/proc`` is missing (macOS reports it in bytes, Linux in KiB)."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        m = re.search(r"^VmHWM:\s*(\d+) kB", status.read_text(), re.M)
+        if m:
+            return int(m.group(1)) / 1024
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
+
+
 def _worker(source: str, backend: str, role: str, batch: int, threads: int, warmup: int, repeat: int) -> dict:
     """Runs in the child: load one component, time the first call, then ``repeat`` calls."""
     from pocketdiff.benchmarks.latency import measure
@@ -56,7 +72,7 @@ def _worker(source: str, backend: str, role: str, batch: int, threads: int, warm
 
         if backend == "executorch":
             import executorch.runtime  # noqa: F401
-    rss_start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_start = peak_rss_mb()
     t0 = time.perf_counter()
     if backend == "torch":
         torch.set_num_threads(threads)
@@ -86,8 +102,7 @@ def _worker(source: str, backend: str, role: str, batch: int, threads: int, warm
     first_s = time.perf_counter() - t1
     stats = measure(call, warmup, repeat)
     return {"load_s": load_s, "first_call_s": first_s, "cold_start_s": load_s + first_s,
-            **stats.to_dict(), "rss_before_load_mb": rss_start / 1024,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            **stats.to_dict(), "rss_before_load_mb": rss_start, "peak_rss_mb": peak_rss_mb()}
 
 
 def meta_pipeline(pipeline_dir: str | Path):
