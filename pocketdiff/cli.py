@@ -163,6 +163,39 @@ def _bench_adb(args, source) -> int:
     return 0
 
 
+def _cmd_bench_blocks(args) -> int:
+    from pocketdiff.benchmarks.blocks import BLOCK_BACKENDS, measure_block_latency, target_key, write_latency_table
+    from pocketdiff.benchmarks.latency import machine_info
+    from pocketdiff.errors import choice_error
+
+    if args.backend not in BLOCK_BACKENDS:
+        raise choice_error("per-block latency backend", args.backend, BLOCK_BACKENDS)
+    if not str(args.out).endswith(".json"):
+        raise PocketdiffError(f"--out must be a .json file, got {args.out}")
+    for name in ("threads", "repeat", "batch"):
+        if getattr(args, name) < 1:
+            raise PocketdiffError(f"--{name} must be >= 1, got {getattr(args, name)}")
+    if bool(args.pipeline) == bool(args.arch):
+        raise PocketdiffError("bench blocks needs exactly one of --pipeline DIR or --arch NAME")
+    if args.pipeline:
+        from pocketdiff.pipedir import load_pipeline
+
+        unet = load_pipeline(args.pipeline).unet
+    else:
+        from pocketdiff.architectures.factory import build_pipeline, load_unet_spec
+
+        overrides = load_unet_spec(args.unet_spec) if args.unet_spec else None
+        unet = build_pipeline(args.arch, seed=0, resolution=args.resolution, unet_overrides=overrides).unet
+    key = args.target_key or target_key(args.backend, args.threads)
+    with _Progress("timing blocks", "block", args.no_progress) as progress:
+        table = measure_block_latency(unet, args.batch, args.backend, args.threads, args.warmup, args.repeat,
+                                      progress)
+    path = write_latency_table(args.out, key, table, machine_info(args.threads))
+    total = sum(b["median_ms"] for b in table["blocks"].values())
+    print(f"{len(table['blocks'])} blocks, {total:.2f} ms summed; wrote table {key!r} to {path}")
+    return 0
+
+
 def _cmd_bench_report(args) -> int:
     from pocketdiff.benchmarks.report import read_bench_results, write_bench_report
 
@@ -380,6 +413,21 @@ def build_parser() -> argparse.ArgumentParser:
                     help="alternate A with each other side in turn, one pair loaded at a time (large models)")
     bc.add_argument("--no-progress", action="store_true")
     bc.set_defaults(func=_cmd_bench_compare)
+    bb = b_sub.add_parser("blocks", help="per-block UNet latency table (JSON keyed by target; schema-validated)")
+    bsrc = bb.add_mutually_exclusive_group()
+    bsrc.add_argument("--pipeline", help="diffusers pipeline folder")
+    bsrc.add_argument("--arch", help=f"named architecture with random weights; one of: {', '.join(ARCHITECTURES)}")
+    bb.add_argument("--resolution", type=int, default=None, help="image size for --arch")
+    bb.add_argument("--unet-spec", default=None, help="UNet config overrides for --arch (JSON)")
+    bb.add_argument("--backend", default="torch", help="one of: torch, onnx, executorch (each block exported alone)")
+    bb.add_argument("--batch", type=int, default=2, help="UNet batch (2: a CFG step)")
+    bb.add_argument("--threads", type=int, default=2)
+    bb.add_argument("--warmup", type=int, default=3)
+    bb.add_argument("--repeat", type=int, default=10)
+    bb.add_argument("--out", required=True, help="table file (.json); other targets in it are kept")
+    bb.add_argument("--target-key", default=None, help="key of this table in the file (default: BACKEND-cpu-Nt)")
+    bb.add_argument("--no-progress", action="store_true")
+    bb.set_defaults(func=_cmd_bench_blocks)
     br = b_sub.add_parser("report", help="an HTML report from saved bench / bench compare JSON files")
     br.add_argument("results", nargs="+", help="JSON files written by bench --json (one per backend) and at most "
                                                 "one by bench compare --json")

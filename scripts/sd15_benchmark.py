@@ -55,7 +55,7 @@ def markdown(record: dict) -> str:
         "the FLOPs counted on the PyTorch module (matrix ops; 2 per MAC).",
         "",
         "| backend | component | batch | median ms (min-max) | cold start s | peak RSS MB | params M | GMACs | GFLOP/s "
-        "| of est. peak |",
+        "| of peak |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for backend, res in record["bench"].items():
@@ -69,9 +69,10 @@ def markdown(record: dict) -> str:
     peak = record["bench"]["torch"]["peak"]
     lines += [
         "",
-        f"Estimated fp32 peak: {peak['peak_gflops']} GFLOP/s ({peak['how']}); an estimate that is known to be low "
-        "on this VM (see [benchmarks.md](benchmarks.md)). The ExecuTorch UNet program has a static batch of 2 "
-        "(CFG), so it has no batch-1 row.",
+        f"Peak: {peak['peak_gflops']} GFLOP/s, {peak['how']} (the fastest fp32 kernel on this machine; the "
+        f"/proc/cpuinfo estimate said {peak['cpuinfo_estimate']['peak_gflops']}). GFLOP/s above the peak would mean "
+        "a backend does fewer multiplies than the direct algorithm. The ExecuTorch UNet program has a static "
+        "batch of 2 (CFG), so it has no batch-1 row.",
         "",
         "## Side by side in one run: diffusers, optimum, pocketdiff onnxruntime, pocketdiff ExecuTorch",
         "",

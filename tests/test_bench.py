@@ -121,6 +121,7 @@ def test_bench_arch_builds_once_and_counts_flops(tmp_path, monkeypatch, capsys):
     r = json.loads(out.read_text())
     unet2 = next(c for c in r["components"] if c["component"] == "unet" and c["batch"] == 2)
     assert unet2["flops"]["macs"] > 0 and r["source"].endswith("tiny-64-onnx")
+    assert r["peak"]["how"].startswith("measured: onnxruntime MatMul") and r["peak"]["peak_gflops"] > 1
     made = (tmp_path / "build" / "bench" / "tiny-64-onnx" / "manifest.json").stat().st_mtime
     assert main(args) == 0  # reuses the cached bundle
     assert (tmp_path / "build" / "bench" / "tiny-64-onnx" / "manifest.json").stat().st_mtime == made

@@ -63,5 +63,25 @@ def test_bad_tables(tmp_path):
     bad.write_text(json.dumps({"format_version": 9, "tables": {}}))
     with pytest.raises(PocketdiffError, match="format_version 9"):
         load_latency_table(bad, "x")
-    with pytest.raises(PocketdiffError, match="unknown per-block latency backend 'onnx'; allowed: torch"):
-        measure_block_latency(None, backend="onnx")
+    with pytest.raises(PocketdiffError, match="unknown per-block latency backend 'tflite'; allowed: torch, onnx"):
+        measure_block_latency(None, backend="tflite")
+
+
+@pytest.mark.parametrize("backend", ["onnx", "executorch"])
+def test_exported_block_latency(tiny_pipe, backend):
+    """onnx / executorch: each block exported alone and timed in its runtime (two blocks here for time)."""
+    only = ["down_blocks.0.resnets.0", "mid_block.attentions.0"]
+    table = measure_block_latency(tiny_pipe.unet, batch=2, backend=backend, threads=1, warmup=1, repeat=2, only=only)
+    assert set(table["blocks"]) == set(only) and table["backend"] == backend
+    assert all(b["median_ms"] > 0 and b["macs"] > 0 for b in table["blocks"].values())
+
+
+def test_bench_blocks_cli(tiny_pipeline_dir, tmp_path, capsys):
+    from pocketdiff.cli import main
+
+    out = tmp_path / "lut.json"
+    assert main(["bench", "blocks", "--pipeline", str(tiny_pipeline_dir), "--threads", "1", "--repeat", "2",
+                 "--warmup", "1", "--out", str(out), "--no-progress"]) == 0
+    assert load_latency_table(out, "torch-cpu-1t").latency_ms("mid_block.resnets.0") > 0
+    assert main(["bench", "blocks", "--arch", "tiny", "--backend", "tflite", "--out", str(out)]) == 2
+    assert "unknown per-block latency backend 'tflite'" in capsys.readouterr().err

@@ -14,29 +14,78 @@ write and on load.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
 import torch
 
+from pocketdiff.architectures.elastic_unet import block_kind, unet_blocks
 from pocketdiff.errors import PocketdiffError, choice_error
 
 FORMAT_VERSION = 1
 SCHEMA = Path(__file__).with_name("latency_table.schema.json")
-BLOCK_PATTERN = re.compile(r"^(down_blocks\.\d+|mid_block|up_blocks\.\d+)\.(resnets|attentions)\.\d+$")
-BLOCK_BACKENDS = ("torch",)
+BLOCK_BACKENDS = ("torch", "onnx", "executorch")
 
 
-def unet_blocks(unet) -> list[tuple[str, torch.nn.Module]]:
-    """The ResNet and attention sub-blocks of a diffusers UNet, in forward order of definition."""
-    return [(name, m) for name, m in unet.named_modules() if BLOCK_PATTERN.match(name)]
+class BlockCall(torch.nn.Module):
+    """One block called as inside the UNet, with its tensor inputs as positional arguments (for
+    export): ``forward(*tensors)`` -> the block's output tensor."""
+
+    def __init__(self, block: torch.nn.Module, args: tuple, kwargs: dict):
+        super().__init__()
+        self.block = block
+        self.args, self.kwargs = args, kwargs
+        self.arg_slots = [i for i, a in enumerate(args) if isinstance(a, torch.Tensor)]
+        self.kw_slots = [k for k, v in kwargs.items() if isinstance(v, torch.Tensor)]
+
+    def example(self) -> tuple:
+        return tuple(self.args[i] for i in self.arg_slots) + tuple(self.kwargs[k] for k in self.kw_slots)
+
+    def forward(self, *tensors):
+        args, kwargs = list(self.args), dict(self.kwargs)
+        for i, t in zip(self.arg_slots, tensors):
+            args[i] = t
+        for k, t in zip(self.kw_slots, tensors[len(self.arg_slots):]):
+            kwargs[k] = t
+        out = self.block(*args, **kwargs)
+        return out if isinstance(out, torch.Tensor) else out[0]  # Transformer2DModel: (sample,) or output
 
 
-def block_kind(name: str) -> str:
-    return "resnet" if ".resnets." in name else "attention"
+def _block_runner(call: BlockCall, backend: str, threads: int, workdir: Path):
+    """A zero-argument call of ``call`` on its example inputs on ``backend`` (exported to
+    ``workdir`` for onnx/executorch)."""
+    example = call.example()
+    if backend == "torch":
+        def run():
+            with torch.no_grad():
+                return call(*example)
+        return run
+    feeds = {f"in{i}": t.numpy() for i, t in enumerate(example)}
+    if backend == "onnx":
+        from pocketdiff.runtime.backends import OnnxSession
+
+        path = workdir / "block.onnx"
+        with torch.no_grad():
+            program = torch.onnx.export(call.eval(), example, input_names=list(feeds), output_names=["out"],
+                                        dynamo=True, verbose=False)
+        program.save(str(path))
+        session = OnnxSession(path, threads)
+        return lambda: session.run(feeds)
+    from pocketdiff.export.components import tensor_spec
+    from pocketdiff.export.executorch import export_program
+    from pocketdiff.runtime.backends import ExecuTorchSession
+
+    path = workdir / "block.pte"
+    export_program(call, example, path)  # the caller has applied xnnpack_friendly to the UNet
+    with torch.no_grad():
+        out = call(*example)
+    session = ExecuTorchSession(path, [tensor_spec(n, t.shape, feeds[n].dtype) for n, t in zip(feeds, example)],
+                                [tensor_spec("out", out.shape, out.numpy().dtype)], threads)
+    return lambda: session.run(feeds)
 
 
 def capture_block_inputs(unet, args: tuple) -> dict[str, tuple[tuple, dict]]:
@@ -63,8 +112,13 @@ def _shapes(args: tuple, kwargs: dict) -> dict[str, list[int]]:
 
 
 def measure_block_latency(unet, batch: int = 2, backend: str = "torch", threads: int = 2, warmup: int = 3,
-                          repeat: int = 10, progress: Callable[[int, int], None] | None = None) -> dict:
-    """One latency table (the value stored under a target key) for ``unet`` at its sample size."""
+                          repeat: int = 10, progress: Callable[[int, int], None] | None = None,
+                          only: list[str] | None = None) -> dict:
+    """One latency table (the value stored under a target key) for ``unet`` at its sample size.
+
+    ``torch`` times each block's module directly; ``onnx`` and ``executorch`` export each block alone
+    (with its captured inputs as example, ExecuTorch through the XNNPACK rewrite the bundle export
+    uses) and time the exported block in onnxruntime / the ExecuTorch runtime."""
     from pocketdiff.benchmarks.flops import count_flops
     from pocketdiff.benchmarks.latency import measure
 
@@ -79,21 +133,31 @@ def measure_block_latency(unet, batch: int = 2, backend: str = "torch", threads:
             torch.randn(batch, 77, d, generator=gen))
     inputs = capture_block_inputs(unet.eval(), args)
     blocks = {}
-    names = [n for n, _ in unet_blocks(unet)]
-    for i, (name, module) in enumerate(unet_blocks(unet)):
-        a, kw = inputs[name]
+    chosen = [(n, m) for n, m in unet_blocks(unet) if only is None or n in only]
+    unknown = sorted(set(only or ()) - {n for n, _ in chosen})
+    if unknown:
+        raise PocketdiffError(f"unknown UNet block {unknown[0]!r}")
+    flops = {name: count_flops(module, *inputs[name]) for name, module in chosen}
+    if backend == "executorch":  # the export-only XNNPACK rewrite of the bundle export, on the whole UNet
+        from types import SimpleNamespace
 
-        def call(module=module, a=a, kw=kw):
-            with torch.no_grad():
-                return module(*a, **kw)
+        from pocketdiff.export.components import xnnpack_friendly
 
-        stats = measure(call, warmup, repeat)
-        flops = count_flops(module, a, kw)
-        blocks[name] = {"kind": block_kind(name), "median_ms": round(stats.median_ms, 4),
-                        "min_ms": round(stats.min_ms, 4), "max_ms": round(stats.max_ms, 4),
-                        "macs": flops.macs, "params": flops.params, "input_shapes": _shapes(a, kw)}
-        if progress:
-            progress(i + 1, len(names))
+        rewrite = xnnpack_friendly(SimpleNamespace(unet=unet))
+    else:
+        rewrite = contextlib.nullcontext()
+    with rewrite:
+        for i, (name, module) in enumerate(chosen):
+            a, kw = inputs[name]
+            with tempfile.TemporaryDirectory(prefix="pocketdiff-block-") as tmp:
+                run = _block_runner(BlockCall(module, a, kw), backend, threads, Path(tmp))
+                stats = measure(run, warmup, repeat)
+                del run
+            blocks[name] = {"kind": block_kind(name), "median_ms": round(stats.median_ms, 4),
+                            "min_ms": round(stats.min_ms, 4), "max_ms": round(stats.max_ms, 4),
+                            "macs": flops[name].macs, "params": flops[name].params, "input_shapes": _shapes(a, kw)}
+            if progress:
+                progress(i + 1, len(chosen))
     return {"backend": backend, "threads": threads, "batch": batch, "sample_size": s, "repeat": repeat,
             "warmup": warmup, "blocks": blocks}
 

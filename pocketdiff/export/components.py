@@ -191,7 +191,8 @@ def _swap_norms(model: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
 
 @contextlib.contextmanager
 def xnnpack_friendly(pipe):
-    """Temporarily rewrite ``pipe``'s models into ops XNNPACK delegates, computing the same function.
+    """Temporarily rewrite ``pipe``'s models (any of ``unet``, ``vae``, ``text_encoder`` it has) into ops
+    XNNPACK delegates, computing the same function.
 
     - Attention in its plain bmm + softmax form (diffusers' ``AttnProcessor``, transformers'
       ``eager``): ``scaled_dot_product_attention`` decomposes into masked-softmax guards
@@ -200,20 +201,24 @@ def xnnpack_friendly(pipe):
     """
     from diffusers.models.attention_processor import AttnProcessor
 
-    unet_before, vae_before = dict(pipe.unet.attn_processors), dict(pipe.vae.attn_processors)
-    text_before = pipe.text_encoder.config._attn_implementation
-    pipe.unet.set_attn_processor(AttnProcessor())
-    pipe.vae.set_attn_processor(AttnProcessor())
-    pipe.text_encoder.set_attn_implementation("eager")
-    swapped = [s for model in (pipe.text_encoder, pipe.unet, pipe.vae) for s in _swap_norms(model)]
+    diffusers_models = [m for m in (getattr(pipe, "unet", None), getattr(pipe, "vae", None)) if m is not None]
+    text_encoder = getattr(pipe, "text_encoder", None)
+    before = [dict(m.attn_processors) for m in diffusers_models]
+    text_before = text_encoder.config._attn_implementation if text_encoder is not None else None
+    for m in diffusers_models:
+        m.set_attn_processor(AttnProcessor())
+    if text_encoder is not None:
+        text_encoder.set_attn_implementation("eager")
+    swapped = [s for model in (text_encoder, *diffusers_models) if model is not None for s in _swap_norms(model)]
     try:
         yield pipe
     finally:
         for parent, name, original in swapped:
             setattr(parent, name, original)
-        pipe.unet.set_attn_processor(unet_before)
-        pipe.vae.set_attn_processor(vae_before)
-        pipe.text_encoder.set_attn_implementation(text_before)
+        for m, procs in zip(diffusers_models, before):
+            m.set_attn_processor(procs)
+        if text_encoder is not None:
+            text_encoder.set_attn_implementation(text_before)
 
 
 def tensor_spec(name: str, shape, dtype) -> dict:
