@@ -71,7 +71,9 @@ def markdown(record: dict) -> str:
         "",
         f"Peak: {peak['peak_gflops']} GFLOP/s, {peak['how']} (the fastest fp32 kernel on this machine; the "
         f"/proc/cpuinfo estimate said {peak['cpuinfo_estimate']['peak_gflops']}). GFLOP/s above the peak would mean "
-        "a backend does fewer multiplies than the direct algorithm. The ExecuTorch UNet program has a static "
+        "a backend does fewer multiplies than the direct algorithm, or, on this shared VM, that the machine was faster "
+        "during that case than while the peak was measured (the same measurement gave 319 to 417 GFLOP/s across "
+        "runs of this script). The ExecuTorch UNet program has a static "
         "batch of 2 (CFG), so it has no batch-1 row.",
         "",
         "## Side by side in one run: diffusers, optimum, pocketdiff onnxruntime, pocketdiff ExecuTorch",
@@ -79,17 +81,21 @@ def markdown(record: dict) -> str:
         "`pocketdiff bench compare --pairwise` with four sides, each at 50 steps with CFG (guidance 7.5), in one "
         "process. Per component, diffusers (A) alternates call by call with each other side in turn, with only "
         "that component of the pair loaded: four SD1.5 UNets at once ran out of this machine's 24 GB. Each ratio "
-        "comes from its own pair; A's medians pool its samples over the three pairs. optimum is `ORTStableDiffusionPipeline` on optimum's own export "
+        "comes from its own pair, so a ratio can disagree with the pooled medians shown when the machine's speed "
+        "drifted between pairs (A's median within each pair is in the JSON, `a_median_ms_in_pair`); A's medians "
+        "pool its samples over the three pairs. optimum is `ORTStableDiffusionPipeline` on optimum's own export "
         f"(`main_export`, opset {record['optimum']['opset']}), with the same thread count.",
         "",
     ]
     names = list(cmp_["sides"])
     lines.append("| component | batch | " + " | ".join(f"{n}: {cmp_['sides'][n]['label']} ms" for n in names)
-                 + " | " + " | ".join(f"{n}/A" for n in names[1:]) + " |")
+                 + " | " + " | ".join(f"{n}/A (A ms in the pair)" for n in names[1:]) + " |")
     lines.append("|---" * (2 + len(names) + len(names) - 1) + "|")
     for r in cmp_["components"]:
         cells = " | ".join(f"{r[n]['median_ms']:.0f}" if n in r else "-" for n in names)
-        ratios = " | ".join(_f(r.get("ratio_vs_a", {}).get(n), ".2f") for n in names[1:])
+        pair_a = r.get("a_median_ms_in_pair", {})
+        ratios = " | ".join(_f(r.get("ratio_vs_a", {}).get(n), ".2f")
+                            + (f" (A {pair_a[n]:.0f})" if n in pair_a else "") for n in names[1:])
         lines.append(f"| {r['component']} | {r['batch']} | {cells} | {ratios} |")
     e = cmp_["end_to_end"]
     lines += [
@@ -118,7 +124,16 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--repeat", type=int, default=3)
     p.add_argument("--out", default="docs/sd15_benchmark")
+    p.add_argument("--render", default=None, metavar="JSON",
+                   help="only re-render the .md and .html from a saved record (no measuring)")
     args = p.parse_args(argv)
+    if args.render:
+        record = json.loads(Path(args.render).read_text())
+        out = Path(args.out)
+        out.with_suffix(".md").write_text(markdown(record))
+        write_bench_report(out.with_suffix(".html"), list(record["bench"].values()), record["compare"],
+                           title=f"SD1.5 at {record['resolution']}², random weights: pocketdiff bench")
+        return 0
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     t0 = time.time()
     sources = {b: arch_sources(args.arch, b, args.resolution) for b in BACKENDS}

@@ -105,3 +105,19 @@ def test_slim_unet_in_pipeline_and_export(tiny_pipe, tmp_path):
     assert set(unets) == {"onnx", "coreml", "executorch"}
     for target in ("onnx", "executorch"):
         assert min(r["psnr_db"] for runs in unets[target]["parity"].values() for r in runs.values()) >= 60
+
+
+def test_unet_spec_with_removed_blocks_builds_a_slim_unet(tmp_path):
+    """A --unet-spec may list removed_blocks: the architecture is then built as a SlimUNet2DConditionModel,
+    and FLOPs on the meta device follow it."""
+    from pocketdiff.architectures.factory import build_pipeline, load_unet_spec
+    from pocketdiff.benchmarks.components import arch_sources, component_flops, meta_pipeline
+
+    spec = tmp_path / "spec.json"
+    spec.write_text(json.dumps({"removed_blocks": list(SKIP)}))
+    pipe = build_pipeline("tiny", unet_overrides=load_unet_spec(spec))
+    assert isinstance(pipe.unet, SlimUNet2DConditionModel) and pipe.unet.config.removed_blocks == sorted(SKIP)
+    slim_dir, _ = arch_sources("tiny", "torch", None, cache_dir=tmp_path / "cache", unet_spec=spec)
+    full_dir, _ = arch_sources("tiny", "torch", None, cache_dir=tmp_path / "cache")
+    slim, full = (component_flops(meta_pipeline(d), "unet", 1) for d in (slim_dir, full_dir))
+    assert slim["macs"] < full["macs"] and slim["params"] < full["params"]

@@ -121,19 +121,32 @@ def text_encoder_config(arch: Architecture) -> dict:
     return cfg
 
 
+def unet_class(config: dict):
+    """``SlimUNet2DConditionModel`` for a config that removes blocks, else ``UNet2DConditionModel``."""
+    if config.get("removed_blocks") or config.get("_class_name") == "SlimUNet2DConditionModel":
+        from pocketdiff.architectures.slim_unet import SlimUNet2DConditionModel
+
+        return SlimUNet2DConditionModel
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel
+
+
 def unet_config_keys() -> set[str]:
-    """The keyword arguments ``UNet2DConditionModel`` takes (what a UNet spec may set)."""
+    """The keyword arguments a UNet spec may set: ``UNet2DConditionModel``'s, plus ``removed_blocks``
+    (module paths of blocks to remove, which makes a ``SlimUNet2DConditionModel``)."""
     import inspect
 
     from diffusers import UNet2DConditionModel
 
-    return set(inspect.signature(UNet2DConditionModel.__init__).parameters) - {"self"}
+    return set(inspect.signature(UNet2DConditionModel.__init__).parameters) - {"self"} | {"removed_blocks"}
 
 
 def load_unet_spec(path: str | Path) -> dict:
     """A UNet spec file: a JSON object of ``UNet2DConditionModel`` config values that override the
-    architecture's (a whole diffusers ``unet/config.json`` works; its ``_``-prefixed keys are
-    ignored). Unknown keys are an error that names them."""
+    architecture's, and optionally ``removed_blocks`` (a slim UNet). A whole diffusers
+    ``unet/config.json`` works (its ``_``-prefixed keys are ignored). Unknown keys are an error that
+    names them."""
     import json
 
     path = Path(path)
@@ -160,7 +173,7 @@ def build_pipeline(name: str, seed: int = 0, resolution: int | None = None, unet
     :func:`load_unet_spec`) replaces UNet config values; ``resolution`` still sets the sample size."""
     import diffusers
     import torch
-    from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import AutoencoderKL, StableDiffusionPipeline
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from pocketdiff.runtime.schedulers import get_scheduler_entry, scheduler_name_for
@@ -176,7 +189,7 @@ def build_pipeline(name: str, seed: int = 0, resolution: int | None = None, unet
         unet_cfg["sample_size"], vae_cfg["sample_size"] = resolution // arch.vae_scale_factor, resolution
     torch.manual_seed(seed)
     try:
-        unet = UNet2DConditionModel(**unet_cfg)
+        unet = unet_class(unet_cfg)(**unet_cfg)
     except (ValueError, TypeError, AssertionError) as exc:
         raise PocketdiffError(f"UNet config of {name!r} with overrides {unet_overrides} is invalid: {exc}") from None
     torch.manual_seed(seed + 1)

@@ -198,6 +198,7 @@ def compare(sides: list[Side], threads: int = 2, warmup: int = 3, repeat: int = 
     for i, role in enumerate(roles):
         samples: dict[int, dict[str, list[float]]] = {}
         ratios: dict[int, dict[str, float]] = {}
+        a_in_group: dict[int, dict[str, float]] = {}
         for group in groups:
             calls = {n: _calls(by_name[n], role, threads, optimum_cache) for n in group}
             for batch in [b for r, b in CASES if r == role]:
@@ -209,6 +210,7 @@ def compare(sides: list[Side], threads: int = 2, warmup: int = 3, repeat: int = 
                     a_med = timed["A"][0].median_ms
                     ratios.setdefault(batch, {}).update(
                         {n: round(st.median_ms / a_med, 4) for n, (st, _) in timed.items() if n != "A"})
+                    a_in_group.setdefault(batch, {}).update({n: a_med for n in timed if n != "A"})
             del calls
             gc.collect()
         for batch, per_side in samples.items():
@@ -220,6 +222,8 @@ def compare(sides: list[Side], threads: int = 2, warmup: int = 3, repeat: int = 
                     row[n] = st.to_dict()
             if ratios.get(batch):
                 row["ratio_vs_a"] = ratios[batch]
+                if pairwise:  # the A median each ratio was taken against
+                    row["a_median_ms_in_pair"] = a_in_group[batch]
             rows.append(row)
         if progress:
             progress(i + 1, len(roles))

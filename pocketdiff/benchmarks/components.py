@@ -138,14 +138,15 @@ def meta_pipeline(pipeline_dir: str | Path):
     from types import SimpleNamespace
 
     import torch
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel
 
+    from pocketdiff.architectures.factory import unet_class
     from pocketdiff.pipedir import inspect_pipeline
 
     info = inspect_pipeline(pipeline_dir)
     with torch.device("meta"):
-        return SimpleNamespace(unet=UNet2DConditionModel.from_config(info.unet_config).eval(),
+        return SimpleNamespace(unet=unet_class(info.unet_config).from_config(info.unet_config).eval(),
                                vae=AutoencoderKL.from_config(info.vae_config).eval(),
                                text_encoder=CLIPTextModel(CLIPTextConfig(**info.text_encoder_config)).eval())
 

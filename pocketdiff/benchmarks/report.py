@@ -70,13 +70,14 @@ def _bars(groups: list[str], series: dict[str, list[float | None]], ylabel: str,
         xs = [g + (i - (len(series) - 1) / 2) * width for g, v in enumerate(values) if v is not None]
         ys = [v for v in values if v is not None]
         bars = ax.bar(xs, ys, width, label=name)
-        ax.bar_label(bars, labels=[f"{y:.3g}" for y in ys], fontsize=7, rotation=90, padding=2)
+        ax.bar_label(bars, labels=[f"{y:.0f}" if y >= 10 else f"{y:.3g}" for y in ys], fontsize=7, rotation=90,
+                     padding=2)
     ax.set_xticks(range(len(groups)), groups, fontsize=8)
     ax.set_yscale("log")
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)
     ax.margins(y=0.25)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.12), ncol=2, frameon=False)
     return f"<img src='{figure_data_uri(fig)}' style='image-rendering:auto;max-width:100%'>"
 
 
