@@ -302,6 +302,18 @@ def _eval_real(args, cfg) -> int:
     return 0
 
 
+def _cmd_slim_robust(args) -> int:
+    from pocketdiff.distill.robust_training import RobustTrainConfig, robust_train
+
+    cfg = RobustTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, skip_prob=args.skip_prob,
+                            w_denoise=args.w_denoise, w_out_kd=args.w_out_kd, w_feat_kd=args.w_feat_kd,
+                            data=args.data).validate()
+    workdir = Path(args.workdir or f"{args.out}.work")
+    out = robust_train(args.pipeline, args.out, cfg, workdir, progress=not args.no_progress, overwrite=args.force)
+    print(f"wrote the robust-trained pipeline to {out}; checkpoints and loss log in {workdir}")
+    return 0
+
+
 def _cmd_toy_train_teacher(args) -> int:
     from pocketdiff.toyworld.teacher import TeacherRecipe, train_teacher
 
@@ -434,6 +446,22 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--out", required=True, help="output .html file")
     br.add_argument("--title", default="pocketdiff benchmark")
     br.set_defaults(func=_cmd_bench_report)
+
+    sr = sub.add_parser("slim-robust", help="robust training with random block skipping (resumable; SnapFusion)")
+    sr.add_argument("--pipeline", required=True, help="teacher pipeline folder")
+    sr.add_argument("--out", required=True, help="output pipeline folder")
+    sr.add_argument("--workdir", default=None, help="checkpoints + loss log (default: OUT.work); rerun to resume")
+    sr.add_argument("--steps", type=int, default=2000)
+    sr.add_argument("--batch-size", type=int, default=32)
+    sr.add_argument("--lr", type=float, default=1e-4)
+    sr.add_argument("--skip-prob", type=float, default=0.1, help="per-step drop probability of each skippable block")
+    sr.add_argument("--w-denoise", type=float, default=1.0)
+    sr.add_argument("--w-out-kd", type=float, default=1.0)
+    sr.add_argument("--w-feat-kd", type=float, default=1.0)
+    sr.add_argument("--data", default="toyworld", help="captioned-image source; one of: toyworld")
+    sr.add_argument("--force", action="store_true", help="replace an existing output folder")
+    sr.add_argument("--no-progress", action="store_true")
+    sr.set_defaults(func=_cmd_slim_robust)
 
     g = sub.add_parser("generate", help="generate one image from a prompt")
     src = g.add_mutually_exclusive_group(required=True)
