@@ -84,10 +84,12 @@ def package_versions() -> dict[str, str]:
     return out
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: str | Path):
+    """A JSON file's content; a missing, unreadable or invalid file is a one-line error naming it."""
+    path = Path(path)
     try:
         return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError) as exc:  # ValueError: JSONDecodeError and UnicodeDecodeError
         raise PocketdiffError(f"cannot read {path}: {exc}") from None
 
 
@@ -113,7 +115,7 @@ def read_history(path: str | Path) -> list[StageRecord]:
     file = Path(path) / HISTORY_FILE
     if not file.is_file():
         return []
-    data = _read_json(file)
+    data = read_json(file)
     if data.get("format_version") != HISTORY_FORMAT:
         raise PocketdiffError(
             f"{file} has format_version {data.get('format_version')!r}; this pocketdiff reads {HISTORY_FORMAT}"
@@ -145,10 +147,10 @@ def inspect_pipeline(path: str | Path, check_weights: bool = True) -> PipelineIn
             )
     if not (path / "tokenizer" / "merges.txt").is_file():
         raise PocketdiffError(f"pipeline folder {path} is missing tokenizer/merges.txt")
-    unet = _read_json(path / "unet" / "config.json")
-    vae = _read_json(path / "vae" / "config.json")
-    text = _read_json(path / "text_encoder" / "config.json")
-    sched = _read_json(path / "scheduler" / "scheduler_config.json")
+    unet = read_json(path / "unet" / "config.json")
+    vae = read_json(path / "vae" / "config.json")
+    text = read_json(path / "text_encoder" / "config.json")
+    sched = read_json(path / "scheduler" / "scheduler_config.json")
     if unet.get("cross_attention_dim") != text.get("hidden_size"):
         raise PocketdiffError(
             f"UNet cross_attention_dim {unet.get('cross_attention_dim')} does not match the text encoder "

@@ -147,15 +147,9 @@ def load_unet_spec(path: str | Path) -> dict:
     architecture's, and optionally ``removed_blocks`` (a slim UNet). A whole diffusers
     ``unet/config.json`` works (its ``_``-prefixed keys are ignored). Unknown keys are an error that
     names them."""
-    import json
+    from pocketdiff.pipedir import read_json
 
-    path = Path(path)
-    if not path.is_file():
-        raise PocketdiffError(f"UNet spec {path} does not exist")
-    try:
-        spec = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise PocketdiffError(f"UNet spec {path} is not valid JSON: {exc}") from None
+    spec = read_json(path)
     if not isinstance(spec, dict):
         raise PocketdiffError(f"UNet spec {path} must be a JSON object of UNet config values, got {type(spec).__name__}")
     spec = {k: v for k, v in spec.items() if not k.startswith("_")}

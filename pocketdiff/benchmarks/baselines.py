@@ -24,7 +24,6 @@ import numpy as np
 from pocketdiff.errors import PocketdiffError
 
 logger = logging.getLogger(__name__)
-OPTIMUM_COMPONENTS = {"text_encoder": "text_encoder", "unet": "unet", "vae_decoder": "vae_decoder"}
 
 
 def _fingerprint(pipeline_dir: Path) -> str:
@@ -78,9 +77,9 @@ def optimum_component_call(pipeline_dir: str | Path, role: str, feeds: dict[str,
     import torch
 
     pipe = load_optimum_pipeline(pipeline_dir, threads, cache_dir)
-    module = getattr(pipe, OPTIMUM_COMPONENTS[role])
+    module = getattr(pipe, role)  # optimum names its components as pocketdiff's roles
     for other in ("text_encoder", "text_encoder_2", "unet", "vae_encoder", "vae_decoder"):
-        if other != OPTIMUM_COMPONENTS[role] and getattr(pipe, other, None) is not None:
+        if other != role and getattr(pipe, other, None) is not None:
             setattr(pipe, other, None)  # the component keeps its parent pipeline alive: drop the other sessions
     del pipe
     gc.collect()

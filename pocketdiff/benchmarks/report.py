@@ -154,16 +154,11 @@ def write_bench_report(path: str | Path, bench_results: list[dict] = (), compare
 
 def read_bench_results(paths) -> tuple[list[dict], dict | None]:
     """Sort saved JSON files into ``bench`` results and (at most one) ``bench compare`` result."""
-    import json
+    from pocketdiff.pipedir import read_json
 
     benches, comparison = [], None
     for p in map(Path, paths):
-        if not p.is_file():
-            raise PocketdiffError(f"benchmark result {p} does not exist")
-        try:
-            data = json.loads(p.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise PocketdiffError(f"benchmark result {p} is not valid JSON: {exc}") from None
+        data = read_json(p)
         if isinstance(data, dict) and "sides" in data and "components" in data:
             if comparison is not None:
                 raise PocketdiffError(f"{p}: a report takes at most one bench compare result")

@@ -57,6 +57,21 @@ def read_log(workdir: str | Path) -> list[dict]:
     return [json.loads(line) for line in f.read_text().splitlines()] if f.is_file() else []
 
 
+def denoising_batch(step: int, seed: int, latents, ids, empty_ids, batch_size: int, caption_dropout: float,
+                    num_timesteps: int) -> tuple:
+    """The batch of global ``step`` for noise-prediction training, the same on every (resumed) run:
+    (x0 [B, C, h, w], token ids [B, 77] with captions dropped to ``empty_ids`` for CFG, t [B], noise)."""
+    import torch
+
+    g = torch.Generator().manual_seed(seed * 1_000_003 + step)
+    idx = torch.randint(0, len(latents), (batch_size,), generator=g)
+    b_ids = ids[idx].clone()
+    b_ids[torch.rand(batch_size, generator=g) < caption_dropout] = empty_ids
+    t = torch.randint(0, num_timesteps, (batch_size,), generator=g)
+    noise = torch.randn(latents[idx].shape, generator=g)
+    return latents[idx], b_ids, t, noise
+
+
 def train(workdir: str | Path, models: list, optimizer, batch_fn: Callable[[int], Any],
           loss_fn: Callable[[list, Any], dict], loop: LoopConfig, job_config: Any, name: str = "train",
           accelerator=None, stop_after: int | None = None, lr_scheduler=None) -> dict:

@@ -19,7 +19,6 @@ folder, which is not built yet. The output is a pipeline folder with the robust 
 from __future__ import annotations
 
 import copy
-import logging
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -28,7 +27,6 @@ import torch.nn.functional as F
 
 from pocketdiff.errors import PocketdiffError, choice_error
 
-log = logging.getLogger(__name__)
 DATA_SOURCES = ("toyworld",)
 
 
@@ -115,7 +113,7 @@ def robust_train(pipeline_dir: str | Path, out_dir: str | Path, cfg: RobustTrain
     from diffusers import DDPMScheduler
 
     from pocketdiff.architectures.elastic_unet import ElasticUNet
-    from pocketdiff.distill.loop import LoopConfig, train
+    from pocketdiff.distill.loop import LoopConfig, denoising_batch, train
     from pocketdiff.pipedir import StageRecord, load_pipeline, read_history, write_pipeline
 
     cfg.validate()
@@ -133,13 +131,9 @@ def robust_train(pipeline_dir: str | Path, out_dir: str | Path, cfg: RobustTrain
     taps = {"teacher": FeatureTap(teacher), "student": FeatureTap(pipe.unet)}
 
     def batch_fn(step):
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        idx = torch.randint(0, len(latents), (cfg.batch_size,), generator=g)
-        b_ids = ids[idx].clone()
-        b_ids[torch.rand(cfg.batch_size, generator=g) < cfg.caption_dropout] = empty
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (cfg.batch_size,), generator=g)
-        noise = torch.randn(latents[idx].shape, generator=g)
-        return latents[idx], b_ids, t, noise, skip_set(step, cfg.seed, names, cfg.skip_prob)
+        return (*denoising_batch(step, cfg.seed, latents, ids, empty, cfg.batch_size, cfg.caption_dropout,
+                                 noise_sched.config.num_train_timesteps),
+                skip_set(step, cfg.seed, names, cfg.skip_prob))
 
     def loss_fn(models, b):
         x0, b_ids, t, noise, skip = b

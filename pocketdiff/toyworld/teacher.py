@@ -118,7 +118,7 @@ def train_unet(workdir, cfg: UnetTrainConfig, vae, text_encoder, tokenizer, stop
     from diffusers import DDPMScheduler, UNet2DConditionModel
 
     from pocketdiff.architectures.factory import SD15_SCHEDULER, get_architecture
-    from pocketdiff.distill.loop import LoopConfig, train
+    from pocketdiff.distill.loop import LoopConfig, denoising_batch, train
     from pocketdiff.toyworld.world import batch
 
     torch.manual_seed(cfg.seed)
@@ -136,13 +136,8 @@ def train_unet(workdir, cfg: UnetTrainConfig, vae, text_encoder, tokenizer, stop
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(cfg.steps, 1), pct_start=0.03)
 
     def batch_fn(step):
-        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        idx = torch.randint(0, len(latents), (cfg.batch_size,), generator=g)
-        b_ids = ids[idx].clone()
-        b_ids[torch.rand(cfg.batch_size, generator=g) < cfg.caption_dropout] = empty
-        t = torch.randint(0, noise_sched.config.num_train_timesteps, (cfg.batch_size,), generator=g)
-        noise = torch.randn(latents[idx].shape, generator=g)
-        return latents[idx], b_ids, t, noise
+        return denoising_batch(step, cfg.seed, latents, ids, empty, cfg.batch_size, cfg.caption_dropout,
+                               noise_sched.config.num_train_timesteps)
 
     def loss_fn(models, b):
         x0, b_ids, t, noise = b
