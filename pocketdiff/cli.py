@@ -192,7 +192,8 @@ def _cmd_bench_blocks(args) -> int:
                                       progress)
     path = write_latency_table(args.out, key, table, machine_info(args.threads))
     total = sum(b["median_ms"] for b in table["blocks"].values())
-    print(f"{len(table['blocks'])} blocks, {total:.2f} ms summed; wrote table {key!r} to {path}")
+    print(f"{len(table['blocks'])} blocks, {total:.2f} ms summed; whole UNet {table['unet']['median_ms']:.2f} ms, "
+          f"per-call overhead {table['call_overhead_ms']:.3f} ms; wrote table {key!r} to {path}")
     return 0
 
 
@@ -213,7 +214,8 @@ def _cmd_bench_compare(args) -> int:
     names = side_names(len(args.sides))
     sides = [parse_side(text) for text in args.sides]
     with _Progress("comparing", "component", args.no_progress) as progress:
-        result = compare(sides, args.threads, args.warmup, args.repeat, progress, pairwise=args.pairwise)
+        result = compare(sides, args.threads, args.warmup, args.repeat, progress, pairwise=args.pairwise,
+                         components=tuple(args.components.split(",")) if args.components else None)
     for n, s in zip(names, sides):
         print(f"{n} = {s.label}")
     print(f"{'component':<13}{'batch':>5}" + "".join(f"{n + ' ms':>11}" for n in names)
@@ -302,15 +304,51 @@ def _eval_real(args, cfg) -> int:
     return 0
 
 
-def _cmd_slim_robust(args) -> int:
-    from pocketdiff.distill.robust_training import RobustTrainConfig, robust_train
+def _kd_config(args, **defaults):
+    from pocketdiff.distill.kd import KDTrainConfig
 
-    cfg = RobustTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, skip_prob=args.skip_prob,
-                            w_denoise=args.w_denoise, w_out_kd=args.w_out_kd, w_feat_kd=args.w_feat_kd,
-                            data=args.data).validate()
+    return KDTrainConfig(steps=args.steps, batch_size=args.batch_size, lr=args.lr, skip_prob=args.skip_prob,
+                         w_denoise=args.w_denoise, w_out_kd=args.w_out_kd, w_feat_kd=args.w_feat_kd, data=args.data,
+                         **defaults).validate()
+
+
+def _cmd_slim_robust(args) -> int:
+    from pocketdiff.distill.robust_training import robust_train
+
+    cfg = _kd_config(args)
     workdir = Path(args.workdir or f"{args.out}.work")
     out = robust_train(args.pipeline, args.out, cfg, workdir, progress=not args.no_progress, overwrite=args.force)
     print(f"wrote the robust-trained pipeline to {out}; checkpoints and loss log in {workdir}")
+    return 0
+
+
+def _cmd_slim_evolve(args) -> int:
+    from pocketdiff.distill.evolution import EvolveConfig, evolve
+
+    cfg = EvolveConfig(latency_table=args.latency_table, target=args.target, budget=args.budget,
+                       quality_floor=args.quality_floor, max_iterations=args.max_iterations,
+                       probe_size=args.probe_size, finetune=_kd_config(args, checkpoint_every=max(args.steps // 2, 1)))
+    cfg.validate()
+    workdir = Path(args.workdir or f"{args.out}.work")
+    out = evolve(args.pipeline, args.out, cfg, workdir, progress=not args.no_progress, overwrite=args.force)
+    from pocketdiff.pipedir import read_json
+
+    rep = read_json(workdir / "report.json")
+    print(f"{rep['finished']}: removed {len(rep['removed_blocks'])} blocks, estimated latency "
+          f"{rep['estimate_ratio']:.3f} x the full UNet (budget {cfg.budget}), proxy {rep['proxy']:.4f}; "
+          f"params {rep['params_slim'] / 1e6:.2f} M of {rep['params_full'] / 1e6:.2f} M")
+    print(f"wrote the slim pipeline to {out}; report and plot: {workdir}/report.json, {workdir}/evolution.png")
+    return 0
+
+
+def _cmd_slim_finetune(args) -> int:
+    from pocketdiff.distill.slim_finetune import slim_finetune
+
+    cfg = _kd_config(args)
+    workdir = Path(args.workdir or f"{args.out}.work")
+    out = slim_finetune(args.pipeline, args.teacher, args.out, cfg, workdir, progress=not args.no_progress,
+                        overwrite=args.force)
+    print(f"wrote the fine-tuned slim pipeline to {out}; checkpoints and loss log in {workdir}")
     return 0
 
 
@@ -421,6 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     bc.add_argument("--repeat", type=int, default=10)
     bc.add_argument("--json", default=None, help="write the comparison to this .json file")
     bc.add_argument("--html", default=None, help="write an HTML report (latency bars, ratios, machine info)")
+    bc.add_argument("--components", default=None, help="comma-separated subset of text_encoder,unet,vae_decoder "
+                                                        "(default: all; end to end needs all)")
     bc.add_argument("--pairwise", action="store_true",
                     help="alternate A with each other side in turn, one pair loaded at a time (large models)")
     bc.add_argument("--no-progress", action="store_true")
@@ -447,21 +487,47 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--title", default="pocketdiff benchmark")
     br.set_defaults(func=_cmd_bench_report)
 
+    def kd_args(p, steps, batch_size, lr, skip_prob):
+        p.add_argument("--workdir", default=None, help="checkpoints + loss log (default: OUT.work); rerun to resume")
+        p.add_argument("--steps", type=int, default=steps)
+        p.add_argument("--batch-size", type=int, default=batch_size)
+        p.add_argument("--lr", type=float, default=lr)
+        p.add_argument("--skip-prob", type=float, default=skip_prob, help="per-step drop probability of each "
+                                                                          "skippable (not removed) block")
+        p.add_argument("--w-denoise", type=float, default=1.0)
+        p.add_argument("--w-out-kd", type=float, default=1.0)
+        p.add_argument("--w-feat-kd", type=float, default=1.0)
+        p.add_argument("--data", default="toyworld", help="captioned-image source; one of: toyworld")
+        p.add_argument("--force", action="store_true", help="replace an existing output folder")
+        p.add_argument("--no-progress", action="store_true")
+
     sr = sub.add_parser("slim-robust", help="robust training with random block skipping (resumable; SnapFusion)")
     sr.add_argument("--pipeline", required=True, help="teacher pipeline folder")
     sr.add_argument("--out", required=True, help="output pipeline folder")
-    sr.add_argument("--workdir", default=None, help="checkpoints + loss log (default: OUT.work); rerun to resume")
-    sr.add_argument("--steps", type=int, default=2000)
-    sr.add_argument("--batch-size", type=int, default=32)
-    sr.add_argument("--lr", type=float, default=1e-4)
-    sr.add_argument("--skip-prob", type=float, default=0.1, help="per-step drop probability of each skippable block")
-    sr.add_argument("--w-denoise", type=float, default=1.0)
-    sr.add_argument("--w-out-kd", type=float, default=1.0)
-    sr.add_argument("--w-feat-kd", type=float, default=1.0)
-    sr.add_argument("--data", default="toyworld", help="captioned-image source; one of: toyworld")
-    sr.add_argument("--force", action="store_true", help="replace an existing output folder")
-    sr.add_argument("--no-progress", action="store_true")
+    kd_args(sr, steps=2000, batch_size=32, lr=1e-4, skip_prob=0.1)
     sr.set_defaults(func=_cmd_slim_robust)
+
+    se = sub.add_parser("slim-evolve", help="architecture evolution to a latency budget, then materialise the slim "
+                                            "UNet (resumable; SnapFusion)")
+    se.add_argument("--pipeline", required=True, help="robust-trained pipeline folder (slim-robust's output)")
+    se.add_argument("--out", required=True, help="output pipeline folder (with the slim UNet)")
+    se.add_argument("--latency-table", required=True, help="per-block latency table (pocketdiff bench blocks)")
+    se.add_argument("--target", default="onnx-cpu-2t", help="the table's key to read")
+    se.add_argument("--budget", type=float, default=0.55, help="estimated latency / full UNet latency to reach")
+    se.add_argument("--quality-floor", type=float, default=0.05,
+                    help="proxy MSE to the full model above which a block is restored")
+    se.add_argument("--max-iterations", type=int, default=64)
+    se.add_argument("--probe-size", type=int, default=32, help="prompts in the fixed probe set")
+    kd_args(se, steps=50, batch_size=32, lr=1e-4, skip_prob=0.1)  # --steps: the fine-tune between actions
+    se.set_defaults(func=_cmd_slim_evolve)
+
+    sf = sub.add_parser("slim-finetune", help="KD fine-tune of the materialised slim UNet from the teacher "
+                                              "(resumable)")
+    sf.add_argument("--pipeline", required=True, help="slim pipeline folder (slim-evolve's output)")
+    sf.add_argument("--teacher", required=True, help="the original teacher pipeline folder")
+    sf.add_argument("--out", required=True, help="output pipeline folder")
+    kd_args(sf, steps=2000, batch_size=32, lr=1e-4, skip_prob=0.0)
+    sf.set_defaults(func=_cmd_slim_finetune)
 
     g = sub.add_parser("generate", help="generate one image from a prompt")
     src = g.add_mutually_exclusive_group(required=True)

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from pocketdiff.cli import main
+from pocketdiff.errors import PocketdiffError
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +182,36 @@ def test_compare_pairwise(tiny_pipeline_dir, onnx_bundle, tmp_path):
     assert r["alternation"] == "pairwise with A"
     for row in r["components"]:
         assert row["A"]["repeat"] == 6 and row["B"]["repeat"] == 3 and set(row["ratio_vs_a"]) == {"B", "C"}
+
+
+def test_compare_some_components(tiny_pipeline_dir, onnx_bundle, tmp_path, capsys):
+    """--components unet: only the UNet rows, and no end-to-end figure (it needs every component)."""
+    out = tmp_path / "u.json"
+    sides = [f"pipeline={tiny_pipeline_dir},steps=10", f"bundle={onnx_bundle},backend=onnx,steps=10"]
+    assert main(["bench", "compare", *sides, "--components", "unet", "--repeat", "2", "--warmup", "1", "--json",
+                 str(out), "--no-progress"]) == 0
+    r = json.loads(out.read_text())
+    assert {row["component"] for row in r["components"]} == {"unet"} and "e2e_ms" not in r["end_to_end"]["A"]
+    assert main(["bench", "report", str(out), "--out", str(tmp_path / "u.html")]) == 0  # no end-to-end section
+    assert "Composed end to end" not in (tmp_path / "u.html").read_text()
+    assert main(["bench", "compare", *sides, "--components", "vae", "--no-progress"]) == 2
+    assert "unknown component 'vae'; allowed: text_encoder, unet, vae_decoder" in capsys.readouterr().err
+
+
+def test_compare_arch_sides_with_a_spec(tmp_path, monkeypatch):
+    """arch=tiny vs arch=tiny,spec=FILE: built once under the cache, compared as bundles."""
+    from pocketdiff.benchmarks.compare import parse_side
+
+    monkeypatch.chdir(tmp_path)
+    spec = tmp_path / "slim.json"
+    spec.write_text(json.dumps({"removed_blocks": ["mid_block.attentions.0", "up_blocks.1.resnets.2"]}))
+    full, slim = parse_side("arch=tiny,steps=4"), parse_side(f"arch=tiny,spec={spec},steps=4")
+    assert full.kind == slim.kind == "bundle" and full.backend == "onnx" and full.path != slim.path
+    assert parse_side(f"arch=tiny,spec={spec},backend=torch").kind == "pipeline"
+    assert main(["bench", "compare", "arch=tiny", f"arch=tiny,spec={spec}", "--components", "unet", "--repeat", "2",
+                 "--warmup", "1", "--json", "c.json", "--no-progress"]) == 0
+    assert {r["component"] for r in json.loads((tmp_path / "c.json").read_text())["components"]} == {"unet"}
+    with pytest.raises(PocketdiffError, match="spec= and resolution= go with arch=NAME only"):
+        parse_side(f"pipeline={tmp_path},spec={spec}")
+    with pytest.raises(PocketdiffError, match="unknown backend for an arch side 'coreml'"):
+        parse_side("arch=tiny,backend=coreml")

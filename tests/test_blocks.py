@@ -46,6 +46,15 @@ def test_table_roundtrip_and_device_table(tiny_pipe, tmp_path):
     assert load_latency_table(path, "executorch-xnnpack-phone").latency_ms("mid_block.resnets.0") == 1.0
     here = load_latency_table(path, "torch-cpu-1t")
     assert here.latency_ms("mid_block.resnets.0") == table["blocks"]["mid_block.resnets.0"]["median_ms"]
+    # the whole UNet and the per-call overhead drive the estimate of a slim UNet's latency
+    assert here.unet_ms == table["unet"]["median_ms"] > 0 and table["unet"]["macs"] > table["blocks"][
+        "mid_block.resnets.0"]["macs"]
+    assert 0 < here.call_overhead_ms < here.unet_ms
+    removed = ["mid_block.attentions.0", "up_blocks.1.resnets.2"]
+    saved = [max(table["blocks"][b]["median_ms"] - table["call_overhead_ms"], 0.0) for b in removed]
+    assert here.estimate_ms(removed) == pytest.approx(here.unet_ms - sum(saved)) and here.estimate_ms([]) == here.unet_ms
+    with pytest.raises(PocketdiffError, match="has no whole-UNet latency"):
+        load_latency_table(path, "executorch-xnnpack-phone").__class__("p", {}).estimate_ms([])
     with pytest.raises(PocketdiffError, match="no block 'mid_block.resnets.7'"):
         here.latency_ms("mid_block.resnets.7")
     with pytest.raises(PocketdiffError, match="unknown target in latency table"):
@@ -71,8 +80,13 @@ def test_bad_tables(tmp_path):
 def test_exported_block_latency(tiny_pipe, backend):
     """onnx / executorch: each block exported alone and timed in its runtime (two blocks here for time)."""
     only = ["down_blocks.0.resnets.0", "mid_block.attentions.0"]
-    table = measure_block_latency(tiny_pipe.unet, batch=2, backend=backend, threads=1, warmup=1, repeat=2, only=only)
+    table = measure_block_latency(tiny_pipe.unet, batch=2, backend=backend, threads=1, warmup=1, repeat=2, only=only,
+                                  whole=backend == "onnx")
     assert set(table["blocks"]) == set(only) and table["backend"] == backend
+    assert ("unet" in table) == (backend == "onnx")
+    if backend == "onnx":  # the whole exported UNet costs more than any one block, the pass-through less
+        assert table["unet"]["median_ms"] > max(b["median_ms"] for b in table["blocks"].values())
+        assert table["call_overhead_ms"] < table["unet"]["median_ms"]
     assert all(b["median_ms"] > 0 and b["macs"] > 0 for b in table["blocks"].values())
 
 

@@ -4,12 +4,13 @@ loss terms logged separately, and deterministic skip sets."""
 import pytest
 
 from pocketdiff.distill.loop import Interrupted, read_log
-from pocketdiff.distill.robust_training import RobustTrainConfig, robust_train, skip_set
+from pocketdiff.distill.kd import KDTrainConfig, skip_set
+from pocketdiff.distill.robust_training import robust_train
 from pocketdiff.errors import PocketdiffError
 
 
 def test_robust_training_resumes(tiny_pipeline_dir, tmp_path):
-    cfg = RobustTrainConfig(steps=2, batch_size=4, pool_size=16, skip_prob=0.5, checkpoint_every=1)
+    cfg = KDTrainConfig(steps=2, batch_size=4, pool_size=16, skip_prob=0.5, checkpoint_every=1)
     work, out = tmp_path / "work", tmp_path / "robust"
     with pytest.raises(Interrupted):
         robust_train(tiny_pipeline_dir, out, cfg, work, stop_after=1, progress=False)
@@ -33,12 +34,12 @@ def test_skip_sets_are_deterministic():
 
 @pytest.mark.parametrize("change,message", [
     ({"skip_prob": 1.0}, "skip_prob must be in [0, 1), got 1.0"),
-    ({"data": "laion"}, "unknown robust-training data source 'laion'"),
+    ({"data": "laion"}, "unknown KD training data source 'laion'"),
     ({"w_feat_kd": -1.0}, "loss weights >= 0"),
 ])
 def test_bad_config(change, message):
     with pytest.raises(PocketdiffError, match=message.replace("[", r"\[").replace(")", r"\)")):
-        RobustTrainConfig(**change).validate()
+        KDTrainConfig(**change).validate()
 
 
 def test_cli_slim_robust(tiny_pipeline_dir, tmp_path, capsys):

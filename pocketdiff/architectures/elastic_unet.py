@@ -44,9 +44,10 @@ class SkippedResnet(nn.Module):
     """Stands in for a removed ResNet: identity, or for an up ResNet the ``hidden`` part of its
     ``cat([hidden, skip])`` input (the first ``keep_channels`` channels)."""
 
-    def __init__(self, keep_channels: int | None = None):
+    def __init__(self, keep_channels: int | None = None, in_channels: int = 0, out_channels: int = 0):
         super().__init__()
         self.keep_channels = keep_channels
+        self.in_channels, self.out_channels = in_channels, out_channels  # the removed block's, for shape rules
 
     def forward(self, input_tensor: torch.Tensor, temb: torch.Tensor | None = None, *args, **kwargs) -> torch.Tensor:
         if self.keep_channels is None:
@@ -56,6 +57,10 @@ class SkippedResnet(nn.Module):
 
 class SkippedAttention(nn.Module):
     """Stands in for a removed ``Transformer2DModel``: identity, in its return convention."""
+
+    def __init__(self, in_channels: int = 0):
+        super().__init__()
+        self.in_channels = in_channels
 
     def forward(self, hidden_states: torch.Tensor, *args, return_dict: bool = True, **kwargs):
         if return_dict:
@@ -94,6 +99,10 @@ def skippable_blocks(unet) -> list[BlockInfo]:
     out = []
     for name, m in unet_blocks(unet):
         stage = name.split(".")[0].split("_")[0]
+        if isinstance(m, (SkippedAttention, SkippedResnet)):  # a slim UNet's removed block
+            out.append(BlockInfo(name, block_kind(name), stage, m.in_channels, getattr(m, "out_channels", m.in_channels),
+                                 False, "already removed (a stand-in of a slim UNet)"))
+            continue
         if block_kind(name) == "attention":
             ch = m.config.in_channels if hasattr(m, "config") else m.in_channels
             out.append(BlockInfo(name, "attention", stage, ch, ch, True, "residual: identity keeps the shape"))
@@ -114,8 +123,8 @@ def skippable_blocks(unet) -> list[BlockInfo]:
 def stand_in(info: BlockInfo) -> nn.Module:
     """The parameter-free module that replaces a skipped block."""
     if info.kind == "attention":
-        return SkippedAttention()
-    return SkippedResnet(info.out_channels if info.stage == "up" else None)
+        return SkippedAttention(info.in_channels)
+    return SkippedResnet(info.out_channels if info.stage == "up" else None, info.in_channels, info.out_channels)
 
 
 def check_skip_set(infos: dict[str, BlockInfo], skip: Collection[str]) -> None:

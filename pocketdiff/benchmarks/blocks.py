@@ -111,14 +111,26 @@ def _shapes(args: tuple, kwargs: dict) -> dict[str, list[int]]:
     return out
 
 
+class _Passthrough(torch.nn.Module):
+    """The cheapest possible exported call on a block's input: its time is the backend's per-call overhead."""
+
+    def forward(self, x):
+        return x * 1.0
+
+
 def measure_block_latency(unet, batch: int = 2, backend: str = "torch", threads: int = 2, warmup: int = 3,
                           repeat: int = 10, progress: Callable[[int, int], None] | None = None,
-                          only: list[str] | None = None) -> dict:
+                          only: list[str] | None = None, whole: bool = True) -> dict:
     """One latency table (the value stored under a target key) for ``unet`` at its sample size.
 
     ``torch`` times each block's module directly; ``onnx`` and ``executorch`` export each block alone
     (with its captured inputs as example, ExecuTorch through the XNNPACK rewrite the bundle export
-    uses) and time the exported block in onnxruntime / the ExecuTorch runtime."""
+    uses) and time the exported block in onnxruntime / the ExecuTorch runtime.
+
+    With ``whole``, the table also holds the whole UNet's latency on the same backend (``unet``) and
+    the backend's per-call overhead (``call_overhead_ms``: a pass-through of the first block's input).
+    Each block timed alone pays that overhead once, which the UNet pays once for all blocks, so a
+    removal saves about ``median_ms - call_overhead_ms`` (:meth:`LatencyTable.saving_ms`)."""
     from pocketdiff.benchmarks.flops import count_flops
     from pocketdiff.benchmarks.latency import measure
 
@@ -157,9 +169,26 @@ def measure_block_latency(unet, batch: int = 2, backend: str = "torch", threads:
                             "min_ms": round(stats.min_ms, 4), "max_ms": round(stats.max_ms, 4),
                             "macs": flops[name].macs, "params": flops[name].params, "input_shapes": _shapes(a, kw)}
             if progress:
-                progress(i + 1, len(chosen))
+                progress(i + 1, len(chosen) + 2 * whole)
+        extra = {}
+        if whole:
+            timed = {}
+            first = inputs[chosen[0][0]][0][0]
+            for j, (key, call) in enumerate((("call_overhead_ms", BlockCall(_Passthrough(), (first,), {})),
+                                             ("unet", BlockCall(unet, args, {})))):
+                with tempfile.TemporaryDirectory(prefix="pocketdiff-block-") as tmp:
+                    run = _block_runner(call, backend, threads, Path(tmp))
+                    timed[key] = measure(run, warmup, repeat)
+                    del run
+                if progress:
+                    progress(len(chosen) + j + 1, len(chosen) + 2)
+            whole_flops = count_flops(unet, args)
+            extra = {"call_overhead_ms": round(timed["call_overhead_ms"].median_ms, 4),
+                     "unet": {"median_ms": round(timed["unet"].median_ms, 4), "min_ms": round(timed["unet"].min_ms, 4),
+                              "max_ms": round(timed["unet"].max_ms, 4), "macs": whole_flops.macs,
+                              "params": whole_flops.params}}
     return {"backend": backend, "threads": threads, "batch": batch, "sample_size": s, "repeat": repeat,
-            "warmup": warmup, "blocks": blocks}
+            "warmup": warmup, **extra, "blocks": blocks}
 
 
 def target_key(backend: str, threads: int) -> str:
@@ -204,15 +233,31 @@ class LatencyTable:
 
     target: str
     blocks: dict[str, dict]
+    unet_ms: float | None = None  # the whole UNet on the same backend, if measured
+    call_overhead_ms: float = 0.0
 
     def latency_ms(self, block: str) -> float:
         if block not in self.blocks:
             raise PocketdiffError(f"latency table {self.target!r} has no block {block!r}")
         return self.blocks[block]["median_ms"]
 
+    def saving_ms(self, block: str) -> float:
+        """The estimated latency saved by removing ``block`` from the UNet: its time alone less the
+        per-call overhead that timing it alone added (never below zero)."""
+        return max(self.latency_ms(block) - self.call_overhead_ms, 0.0)
+
+    def estimate_ms(self, removed) -> float:
+        """The whole UNet's latency with ``removed`` blocks gone."""
+        if self.unet_ms is None:
+            raise PocketdiffError(f"latency table {self.target!r} has no whole-UNet latency ('unet'); measure it "
+                                  "again with `pocketdiff bench blocks` (which now records it)")
+        return self.unet_ms - sum(self.saving_ms(b) for b in removed)
+
 
 def load_latency_table(path: str | Path, target: str) -> LatencyTable:
     doc = _read(Path(path))
     if target not in doc["tables"]:
         raise choice_error(f"target in latency table {path}:", target, doc["tables"])
-    return LatencyTable(target, doc["tables"][target]["blocks"])
+    table = doc["tables"][target]
+    return LatencyTable(target, table["blocks"], table.get("unet", {}).get("median_ms"),
+                        table.get("call_overhead_ms", 0.0))

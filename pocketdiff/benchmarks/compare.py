@@ -1,6 +1,7 @@
 """``pocketdiff bench compare A B [C ...]``: configurations side by side in one process, alternating.
 
-A side is ``pipeline=DIR`` or ``bundle=DIR``, with optional ``backend=``, ``steps=`` and
+A side is ``pipeline=DIR``, ``bundle=DIR`` or ``arch=NAME[,spec=UNET_SPEC][,resolution=N]`` (a named
+architecture with random weights, built once and cached), with optional ``backend=``, ``steps=`` and
 ``guidance=``, comma-separated::
 
     pocketdiff bench compare pipeline=build/sd15,steps=50,guidance=7.5 \\
@@ -37,10 +38,13 @@ from typing import Callable
 from pocketdiff.errors import PocketdiffError, choice_error
 
 SIDE_BACKENDS = {"pipeline": ("torch", "optimum"), "bundle": ("onnx", "executorch")}
+# ``arch=NAME[,spec=FILE][,resolution=N]``: a named architecture with random weights, built once and cached
+# (``benchmarks.components.arch_sources``), then run as the pipeline or bundle side of ``backend``
+ARCH_BACKENDS = ("onnx", "executorch", "torch", "optimum")
 BACKEND_LABELS = {"torch": "diffusers eager fp32", "optimum": "optimum ORT", "onnx": "pocketdiff onnxruntime",
                   "executorch": "pocketdiff ExecuTorch"}
 CASES = (("text_encoder", 1), ("unet", 1), ("unet", 2), ("vae_decoder", 1))
-KEYS = ("pipeline", "bundle", "backend", "steps", "guidance")
+KEYS = ("pipeline", "bundle", "arch", "spec", "resolution", "backend", "steps", "guidance")
 
 
 @dataclass(frozen=True)
@@ -72,12 +76,18 @@ def parse_side(text: str) -> Side:
         if not sep or not value:
             raise PocketdiffError(f"bench compare side {text!r}: expected key=value items, got {part!r}")
         fields[key.strip()] = value.strip()
-    kinds = [k for k in SIDE_BACKENDS if k in fields]
+    kinds = [k for k in (*SIDE_BACKENDS, "arch") if k in fields]
     if len(kinds) != 1:
-        raise PocketdiffError(f"bench compare side {text!r}: give exactly one of pipeline=DIR or bundle=DIR")
+        raise PocketdiffError(f"bench compare side {text!r}: give exactly one of pipeline=DIR, bundle=DIR or "
+                              "arch=NAME")
     unknown = set(fields) - set(KEYS)
     if unknown:
         raise choice_error("bench compare key", sorted(unknown)[0], KEYS)
+    if kinds[0] != "arch" and {"spec", "resolution"} & set(fields):
+        raise PocketdiffError(f"bench compare side {text!r}: spec= and resolution= go with arch=NAME only")
+    if kinds[0] == "arch":
+        fields = _resolve_arch(text, fields)
+        kinds = [k for k in SIDE_BACKENDS if k in fields]
     kind = kinds[0]
     backend = fields.get("backend", SIDE_BACKENDS[kind][0])
     if backend not in SIDE_BACKENDS[kind]:
@@ -99,6 +109,25 @@ def parse_side(text: str) -> Side:
 
         load_bundle(path).component("unet", backend)  # the bundle must hold this backend
     return Side(kind, path, backend, steps, guidance)
+
+
+def _resolve_arch(text: str, fields: dict[str, str]) -> dict[str, str]:
+    """An ``arch=`` side's fields with ``pipeline=`` or ``bundle=`` set to the cached build of that
+    architecture (built on first use: minutes for SD1.5)."""
+    from pocketdiff.benchmarks.components import arch_sources
+
+    backend = fields.get("backend", ARCH_BACKENDS[0])
+    if backend not in ARCH_BACKENDS:
+        raise choice_error("backend for an arch side", backend, ARCH_BACKENDS)
+    try:
+        resolution = int(fields["resolution"]) if "resolution" in fields else None
+    except ValueError as exc:
+        raise PocketdiffError(f"bench compare side {text!r}: {exc}") from None
+    source, pipe_dir = arch_sources(fields["arch"], "torch" if backend == "optimum" else backend, resolution,
+                                    unet_spec=fields.get("spec"))
+    rest = {k: v for k, v in fields.items() if k not in ("arch", "spec", "resolution")}
+    kind = "pipeline" if backend in SIDE_BACKENDS["pipeline"] else "bundle"
+    return {**rest, "backend": backend, kind: str(pipe_dir if kind == "pipeline" else source)}
 
 
 def _pipeline_calls(side: Side, role: str, threads: int, optimum_cache: str | Path
@@ -160,6 +189,8 @@ def _bundle_calls(side: Side, role: str, threads: int) -> dict[int, Callable[[],
 def _e2e(side: Side, ms: dict[tuple[str, int], float]) -> dict:
     step_batch = 2 if side.cfg else 1
     out = {"steps": side.steps, "guidance": side.guidance}
+    if not {("text_encoder", 1), ("vae_decoder", 1)} <= set(ms):  # a run limited to some components
+        return out
     if ("unet", step_batch) in ms:
         out["e2e_ms"] = ms[("text_encoder", 1)] + side.steps * ms[("unet", step_batch)] + ms[("vae_decoder", 1)]
     if ("unet", 1) in ms:
@@ -181,12 +212,15 @@ def _calls(side: Side, role: str, threads: int, optimum_cache) -> dict[int, Call
 
 
 def compare(sides: list[Side], threads: int = 2, warmup: int = 3, repeat: int = 10, progress=None,
-            optimum_cache: str | Path = "build/bench/optimum", pairwise: bool = False) -> dict:
+            optimum_cache: str | Path = "build/bench/optimum", pairwise: bool = False,
+            components: tuple[str, ...] | None = None) -> dict:
     """Alternate the sides' calls of each component; ratios are each side's median over side A's.
 
     ``pairwise``: instead of all sides at once, alternate A with each other side in turn, loading one
     pair at a time (for models too big to hold one copy per side: four SD1.5 UNets ran out of 24 GB).
     Each ratio then comes from its own pair's alternation; A's figures pool its samples over the pairs.
+    ``components`` limits the run to those roles (e.g. ``("unet",)``); the end-to-end figure then needs
+    the missing ones and is left out.
     """
     from pocketdiff.benchmarks.latency import machine_info, measure_alternating, stats
 
@@ -195,6 +229,11 @@ def compare(sides: list[Side], threads: int = 2, warmup: int = 3, repeat: int = 
     groups = [[names[0], n] for n in names[1:]] if pairwise else [names]
     rows, medians = [], {n: {} for n in names}
     roles = list(dict.fromkeys(r for r, _ in CASES))
+    if components is not None:
+        unknown = sorted(set(components) - set(roles))
+        if unknown or not components:
+            raise choice_error("component", unknown[0] if unknown else "", roles)
+        roles = [r for r in roles if r in components]
     for i, role in enumerate(roles):
         samples: dict[int, dict[str, list[float]]] = {}
         ratios: dict[int, dict[str, float]] = {}

@@ -143,10 +143,11 @@ def write_bench_report(path: str | Path, bench_results: list[dict] = (), compare
         sections.append(("Side by side (alternating calls in one process)", legend
                          + _bars(cases, series, "median ms (log)", "per-component median, alternating")))
         sections.append(("Ratios to side A", table_html(rows, list(rows[0]))))
-        sections.append(("Composed end to end: text + steps x UNet step + decoder",
-                         table_html(e2e_rows, list(e2e_rows[0]))
-                         + _bars(["end to end"], {n: [e2e[n].get("e2e_ms")] for n in names}, "ms (log)",
-                                 "composed end-to-end latency")))
+        if any("e2e_ms" in e2e[n] for n in names):  # a run limited to some components has none
+            sections.append(("Composed end to end: text + steps x UNet step + decoder",
+                             table_html(e2e_rows, list(e2e_rows[0]))
+                             + _bars(["end to end"], {n: [e2e[n].get("e2e_ms")] for n in names}, "ms (log)",
+                                     "composed end-to-end latency")))
         machine = machine or compare_result["machine"]
     sections.append(("Machine", _machine_html(machine)))
     return write_page(path, title, sections)
