@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 QUIET_PIP := { grep -v "^WARNING: Location '.*' is ignored" || true; }
 DEMO := build/demo
 
-.PHONY: venv test test-slow demo teacher baseline export-bench bench-sd15 clean
+.PHONY: venv test test-slow demo teacher baseline export-bench bench-sd15 slim-toy bench-slim-sd15 clean
 
 venv: $(STAMP)
 
@@ -54,6 +54,29 @@ export-bench: venv
 # ~15 GB peak RSS); then about 40 min of measuring on 2 cores.
 bench-sd15: venv
 	$(BIN)/python scripts/sd15_benchmark.py --threads 2
+
+# Efficient UNet on the toy teacher (issue 6): per-block ORT latency table -> robust training -> evolution to
+# 0.55x the teacher UNet's estimated latency -> KD fine-tune -> report (docs/efficient_unet_toy.md). Every stage
+# resumes from its work dir when rerun; about 45 min on 2 cores.
+SLIM := build/slim
+slim-toy: venv
+	$(BIN)/pocketdiff bench blocks --pipeline $(TEACHER)/pipeline --backend onnx --threads 2 --batch 2 --repeat 20 \
+		--warmup 5 --out $(SLIM)/toy_latency.json --no-progress
+	$(BIN)/pocketdiff slim-robust --pipeline $(TEACHER)/pipeline --out $(SLIM)/robust --workdir $(SLIM)/robust.work \
+		--steps 1500 --batch-size 64 --lr 1e-4 --skip-prob 0.15 --force
+	$(BIN)/pocketdiff slim-evolve --pipeline $(SLIM)/robust --out $(SLIM)/evolved --workdir $(SLIM)/evolved.work \
+		--latency-table $(SLIM)/toy_latency.json --target onnx-cpu-2t --budget 0.55 --quality-floor 0.15 \
+		--steps 100 --batch-size 32 --skip-prob 0.1 --force
+	$(BIN)/pocketdiff slim-finetune --pipeline $(SLIM)/evolved --teacher $(TEACHER)/pipeline --out $(SLIM)/finetuned \
+		--workdir $(SLIM)/finetuned.work --steps 1500 --batch-size 64 --lr 1e-4 --force
+	$(BIN)/python scripts/efficient_unet_report.py --work $(SLIM) --out docs/efficient_unet_toy
+
+# The shipped SD1.5 slim spec against SD1.5, UNet step on onnxruntime at 512², side by side (random weights;
+# builds both once under build/bench, ~10 min each the first time; ~19 GB peak RSS while measuring).
+SD15_SPEC := pocketdiff/architectures/specs/sd15-snapfusion.json
+bench-slim-sd15: venv
+	$(BIN)/pocketdiff bench compare arch=sd15,steps=50 arch=sd15,spec=$(SD15_SPEC),steps=50 --components unet \
+		--threads 2 --repeat 5 --json docs/sd15_slim_benchmark.json --html docs/sd15_slim_benchmark.html
 
 clean:
 	rm -rf build .pytest_cache
