@@ -55,8 +55,9 @@ export-bench: venv
 bench-sd15: venv
 	$(BIN)/python scripts/sd15_benchmark.py --threads 2
 
-# Efficient UNet on the toy teacher (issue 6): per-block ORT latency table -> robust training -> evolution to
-# 0.55x the teacher UNet's estimated latency -> KD fine-tune -> report (docs/efficient_unet_toy.md). Every stage
+# Efficient UNet on the toy teacher (issue 6): per-block ORT latency table -> robust training -> evolution to an
+# estimated 0.65x of the teacher UNet's latency (on the toy the table's estimate is pessimistic: a 0.534 estimate
+# measured 0.467, docs/efficient_unet.md) -> KD fine-tune -> report (docs/efficient_unet_toy.md). Every stage
 # resumes from its work dir when rerun; about 45 min on 2 cores.
 SLIM := build/slim
 slim-toy: venv
@@ -65,10 +66,10 @@ slim-toy: venv
 	$(BIN)/pocketdiff slim-robust --pipeline $(TEACHER)/pipeline --out $(SLIM)/robust --workdir $(SLIM)/robust.work \
 		--steps 1500 --batch-size 64 --lr 1e-4 --skip-prob 0.15 --force
 	$(BIN)/pocketdiff slim-evolve --pipeline $(SLIM)/robust --out $(SLIM)/evolved --workdir $(SLIM)/evolved.work \
-		--latency-table $(SLIM)/toy_latency.json --target onnx-cpu-2t --budget 0.55 --quality-floor 0.15 \
+		--latency-table $(SLIM)/toy_latency.json --target onnx-cpu-2t --budget 0.65 --quality-floor 0.15 \
 		--steps 100 --batch-size 32 --skip-prob 0.1 --force
 	$(BIN)/pocketdiff slim-finetune --pipeline $(SLIM)/evolved --teacher $(TEACHER)/pipeline --out $(SLIM)/finetuned \
-		--workdir $(SLIM)/finetuned.work --steps 1500 --batch-size 64 --lr 1e-4 --force
+		--workdir $(SLIM)/finetuned.work --steps 3000 --batch-size 64 --lr 1e-4 --force
 	$(BIN)/python scripts/efficient_unet_report.py --work $(SLIM) --out docs/efficient_unet_toy
 
 # The shipped SD1.5 slim spec against SD1.5, UNet step on onnxruntime at 512², side by side (random weights;

@@ -352,6 +352,22 @@ def _cmd_slim_finetune(args) -> int:
     return 0
 
 
+def _cmd_distill_decoder(args) -> int:
+    from pocketdiff.distill.decoder import DecoderDistillConfig, distill_decoder
+
+    cfg = DecoderDistillConfig(kind=args.kind, width=args.width, tiny_channels=args.tiny_channels, steps=args.steps,
+                               batch_size=args.batch_size, lr=args.lr, w_l1=args.w_l1, w_l2=args.w_l2,
+                               w_perceptual=args.w_perceptual, perceptual=args.perceptual,
+                               perceptual_model=args.perceptual_model or "", n_generated=args.n_generated,
+                               gen_steps=args.gen_steps, guidance=args.guidance, n_encoded=args.n_encoded,
+                               data=args.data).validate()
+    workdir = Path(args.workdir or f"{args.out}.work")
+    out = distill_decoder(args.pipeline, args.out, cfg, workdir, progress=not args.no_progress, overwrite=args.force)
+    print(f"wrote the pipeline with the distilled {cfg.kind} decoder to {out}; latent cache, checkpoints and loss "
+          f"log in {workdir}")
+    return 0
+
+
 def _cmd_toy_train_teacher(args) -> int:
     from pocketdiff.toyworld.teacher import TeacherRecipe, train_teacher
 
@@ -528,6 +544,31 @@ def build_parser() -> argparse.ArgumentParser:
     sf.add_argument("--out", required=True, help="output pipeline folder")
     kd_args(sf, steps=2000, batch_size=32, lr=1e-4, skip_prob=0.0)
     sf.set_defaults(func=_cmd_slim_finetune)
+
+    dd = sub.add_parser("distill-decoder", help="an efficient image decoder trained on the teacher's own latents "
+                                                "(resumable; SnapFusion)")
+    dd.add_argument("--pipeline", required=True, help="teacher pipeline folder")
+    dd.add_argument("--out", required=True, help="output pipeline folder (the teacher with the new VAE)")
+    dd.add_argument("--workdir", default=None, help="latent cache, checkpoints, loss log (default: OUT.work)")
+    dd.add_argument("--kind", default="pruned", help="pruned (channel-pruned AutoencoderKL decoder) or tiny (TAESD)")
+    dd.add_argument("--width", type=float, default=0.5, help="pruned: decoder channel multiplier")
+    dd.add_argument("--tiny-channels", type=int, default=64, help="tiny: channels per stage")
+    dd.add_argument("--steps", type=int, default=3000)
+    dd.add_argument("--batch-size", type=int, default=16)
+    dd.add_argument("--lr", type=float, default=2e-4)
+    dd.add_argument("--w-l1", type=float, default=1.0)
+    dd.add_argument("--w-l2", type=float, default=1.0)
+    dd.add_argument("--w-perceptual", type=float, default=0.1)
+    dd.add_argument("--perceptual", default="clip", help="clip (a local CLIP image tower) or none")
+    dd.add_argument("--perceptual-model", default=None, help="local CLIPModel folder for --perceptual clip")
+    dd.add_argument("--n-generated", type=int, default=2000, help="teacher generations cached as latents")
+    dd.add_argument("--gen-steps", type=int, default=25)
+    dd.add_argument("--guidance", type=float, default=7.5)
+    dd.add_argument("--n-encoded", type=int, default=2000, help="VAE-encoded real samples (0: none)")
+    dd.add_argument("--data", default="toyworld", help="prompt and image source; one of: toyworld")
+    dd.add_argument("--force", action="store_true", help="replace an existing output folder")
+    dd.add_argument("--no-progress", action="store_true")
+    dd.set_defaults(func=_cmd_distill_decoder)
 
     g = sub.add_parser("generate", help="generate one image from a prompt")
     src = g.add_mutually_exclusive_group(required=True)

@@ -201,7 +201,8 @@ def xnnpack_friendly(pipe):
     """
     from diffusers.models.attention_processor import AttnProcessor
 
-    diffusers_models = [m for m in (getattr(pipe, "unet", None), getattr(pipe, "vae", None)) if m is not None]
+    diffusers_models = [m for m in (getattr(pipe, "unet", None), getattr(pipe, "vae", None))
+                        if m is not None and hasattr(m, "set_attn_processor")]  # a TAESD decoder has no attention
     text_encoder = getattr(pipe, "text_encoder", None)
     before = [dict(m.attn_processors) for m in diffusers_models]
     text_before = text_encoder.config._attn_implementation if text_encoder is not None else None

@@ -1,0 +1,218 @@
+"""Stage ``distill-decoder``: an efficient image decoder trained by data distillation (SnapFusion §4).
+
+The student is a channel-pruned ``AutoencoderKL`` decoder (``kind="pruned"``, initialised from the
+teacher by L1-norm channel selection) or a TAESD-style tiny decoder (``kind="tiny"``, from scratch);
+see :mod:`pocketdiff.architectures.decoder`. Its training data:
+
+- **the teacher pipeline's own generations**: latents of ``n_generated`` prompts sampled with the
+  teacher UNet (``gen_steps`` DDIM steps, guidance ``guidance``), generated once and cached in
+  ``WORKDIR/latents.safetensors`` with a fingerprint of what made them; a rerun with the same
+  fingerprint reuses the cache;
+- **VAE-encoded real samples** where the domain has them (``n_encoded`` toy-world images; 0 for none).
+
+The target is the teacher decoder's image for the same latent. The loss terms, weighted and logged
+separately: ``l1`` and ``l2`` on pixels, and ``perceptual``: the mean squared difference of a CLIP
+image tower's hidden states (``perceptual="clip"`` with ``perceptual_model`` a local
+``CLIPModel`` folder: the toy CLIP on the toy world). LPIPS is not offered: its weights are a
+download, and nothing here may download. The output is the teacher pipeline with the new VAE.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from pocketdiff.errors import PocketdiffError, choice_error
+
+PERCEPTUAL = ("clip", "none")
+
+
+@dataclass
+class DecoderDistillConfig:
+    kind: str = "pruned"  # architectures.decoder.DECODER_KINDS
+    width: float = 0.5  # pruned: decoder channel multiplier
+    tiny_channels: int = 64  # tiny: channels of every stage
+    steps: int = 3000
+    batch_size: int = 16
+    lr: float = 2e-4
+    w_l1: float = 1.0
+    w_l2: float = 1.0
+    w_perceptual: float = 0.1
+    perceptual: str = "clip"
+    perceptual_model: str = ""  # a local CLIPModel folder (perceptual="clip")
+    n_generated: int = 2000  # teacher generations, cached as latents
+    gen_steps: int = 25
+    guidance: float = 7.5
+    gen_batch: int = 64
+    n_encoded: int = 2000  # VAE-encoded real samples (0: none)
+    data: str = "toyworld"  # prompt and image source (distill.kd.DATA_SOURCES)
+    checkpoint_every: int = 500
+    seed: int = 0
+
+    def validate(self) -> "DecoderDistillConfig":
+        from pocketdiff.architectures.decoder import DECODER_KINDS
+        from pocketdiff.distill.kd import DATA_SOURCES
+
+        if self.kind not in DECODER_KINDS:
+            raise choice_error("decoder kind", self.kind, DECODER_KINDS)
+        if self.perceptual not in PERCEPTUAL:
+            raise choice_error("perceptual loss", self.perceptual, PERCEPTUAL)
+        if self.perceptual == "clip" and not (Path(self.perceptual_model) / "config.json").is_file():
+            raise PocketdiffError(f"perceptual='clip' needs perceptual_model, a local CLIPModel folder with "
+                                  f"config.json; got {self.perceptual_model!r}")
+        if self.data not in DATA_SOURCES:
+            raise choice_error("decoder distillation data source", self.data, DATA_SOURCES)
+        if not 0.0 < self.width <= 1.0:
+            raise PocketdiffError(f"width must be in (0, 1], got {self.width}")
+        if min(self.steps, self.n_generated, self.n_encoded) < 0 or self.n_generated + self.n_encoded < 1:
+            raise PocketdiffError(f"steps, n_generated and n_encoded must be >= 0 with some data; got {self.steps}, "
+                                  f"{self.n_generated}, {self.n_encoded}")
+        if min(self.batch_size, self.gen_steps, self.gen_batch, self.checkpoint_every, self.tiny_channels) < 1:
+            raise PocketdiffError("batch_size, gen_steps, gen_batch, checkpoint_every and tiny_channels must be >= 1")
+        if self.lr <= 0 or min(self.w_l1, self.w_l2, self.w_perceptual) < 0:
+            raise PocketdiffError(f"lr must be > 0 and loss weights >= 0; got lr {self.lr}, weights {self.w_l1}, "
+                                  f"{self.w_l2}, {self.w_perceptual}")
+        return self
+
+
+def _fingerprint(pipeline_dir, cfg: DecoderDistillConfig) -> dict:
+    return {"pipeline": str(Path(pipeline_dir).resolve()), "data": cfg.data, "n_generated": cfg.n_generated,
+            "gen_steps": cfg.gen_steps, "guidance": cfg.guidance, "n_encoded": cfg.n_encoded, "seed": cfg.seed}
+
+
+def latent_cache(pipe, pipeline_dir, cfg: DecoderDistillConfig, workdir: Path, progress: bool = True
+                 ) -> tuple[torch.Tensor, bool]:
+    """(latents [N, C, h, w] as the UNet makes them (scaled), whether the cache was reused).
+
+    The first ``n_generated`` rows are the teacher's generations, the rest VAE-encoded samples."""
+    from safetensors.torch import load_file, save_file
+    from tqdm import tqdm
+
+    from pocketdiff.distill.kd import encoded_pool
+    from pocketdiff.pipedir import atomic_output_file
+    from pocketdiff.toyworld.world import batch
+
+    file, meta = workdir / "latents.safetensors", workdir / "latents.json"
+    want = _fingerprint(pipeline_dir, cfg)
+    if file.is_file() and meta.is_file() and json.loads(meta.read_text()) == want:
+        return load_file(str(file))["latents"], True
+    parts = []
+    if cfg.n_generated:
+        from diffusers import DDIMScheduler, StableDiffusionPipeline
+
+        gen = StableDiffusionPipeline(**{**pipe.components, "scheduler": DDIMScheduler.from_config(pipe.scheduler.config)},
+                                      requires_safety_checker=False)
+        gen.set_progress_bar_config(disable=True)
+        prompts = [s.caption for s in batch(cfg.seed + 202, cfg.n_generated, "train")]
+        g = torch.Generator().manual_seed(cfg.seed)
+        for i in tqdm(range(0, len(prompts), cfg.gen_batch), desc="teacher latents", disable=not progress):
+            chunk = prompts[i:i + cfg.gen_batch]
+            out = gen(chunk, num_inference_steps=cfg.gen_steps, guidance_scale=cfg.guidance, generator=g,
+                       output_type="latent")
+            parts.append(out.images.float())
+    if cfg.n_encoded:
+        parts.append(encoded_pool(pipe, cfg.data, cfg.n_encoded, cfg.seed + 303)[0])
+    latents = torch.cat(parts).contiguous()
+    workdir.mkdir(parents=True, exist_ok=True)
+    with atomic_output_file(file) as tmp:
+        save_file({"latents": latents}, str(tmp))
+    with atomic_output_file(meta) as tmp:
+        tmp.write_text(json.dumps(want, indent=1) + "\n")
+    return latents, False
+
+
+class ClipPerceptual(torch.nn.Module):
+    """Mean squared difference of a CLIP image tower's hidden states between two images in [-1, 1].
+
+    Pixels are resized to the tower's input size; normalised with the folder's
+    ``preprocessor_config.json`` mean/std when it has one (a real CLIP), else used in [-1, 1] (the toy
+    CLIP's convention)."""
+
+    def __init__(self, model_dir: str | Path):
+        super().__init__()
+        from transformers import CLIPVisionModel
+
+        self.tower = CLIPVisionModel.from_pretrained(str(model_dir)).eval().requires_grad_(False)
+        self.size = self.tower.config.image_size
+        pre = Path(model_dir) / "preprocessor_config.json"
+        mean, std = None, None
+        if pre.is_file():
+            p = json.loads(pre.read_text())
+            mean, std = p.get("image_mean"), p.get("image_std")
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1) if mean else torch.zeros(0), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1) if std else torch.zeros(0), persistent=False)
+
+    def _pixels(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        if self.mean.numel():
+            x = ((x + 1) / 2 - self.mean) / self.std
+        return x
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ha = self.tower(pixel_values=self._pixels(a), output_hidden_states=True).hidden_states
+        with torch.no_grad():
+            hb = self.tower(pixel_values=self._pixels(b), output_hidden_states=True).hidden_states
+        return torch.stack([F.mse_loss(x, y) for x, y in zip(ha[1:], hb[1:])]).mean()
+
+
+def make_student(vae, cfg: DecoderDistillConfig):
+    from pocketdiff.architectures.decoder import prune_decoder, tiny_decoder_vae
+
+    return prune_decoder(vae, cfg.width) if cfg.kind == "pruned" else tiny_decoder_vae(vae, cfg.tiny_channels)
+
+
+def decode(vae, latents: torch.Tensor) -> torch.Tensor:
+    """[B, C, h, w] latents as the UNet makes them -> [B, 3, H, W] in about [-1, 1], as a pipeline decodes."""
+    return vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
+
+
+def distill_decoder(pipeline_dir: str | Path, out_dir: str | Path, cfg: DecoderDistillConfig, workdir: str | Path,
+                    stop_after: int | None = None, progress: bool = True, overwrite: bool = False) -> Path:
+    """Train an efficient decoder on the teacher's own latents; write the pipeline with it to ``out_dir``."""
+    from diffusers import StableDiffusionPipeline
+
+    from pocketdiff.distill.loop import LoopConfig, train
+    from pocketdiff.pipedir import StageRecord, load_pipeline, read_history, write_pipeline
+
+    cfg.validate()
+    if Path(out_dir).exists() and not overwrite:
+        raise PocketdiffError(f"output {out_dir} exists; pass overwrite to replace it")
+    workdir = Path(workdir)
+    pipe = load_pipeline(pipeline_dir)
+    teacher = pipe.vae.eval().requires_grad_(False)
+    latents, reused = latent_cache(pipe, pipeline_dir, cfg, workdir, progress)
+    torch.manual_seed(cfg.seed)
+    student = make_student(teacher, cfg)
+    student.train()
+    perceptual = ClipPerceptual(cfg.perceptual_model) if cfg.perceptual == "clip" else None
+    opt = torch.optim.AdamW(student.decoder.parameters(), lr=cfg.lr, weight_decay=0.0)
+
+    def batch_fn(step):
+        g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
+        return latents[torch.randint(0, len(latents), (cfg.batch_size,), generator=g)]
+
+    def loss_fn(models, z):
+        with torch.no_grad():
+            target = decode(teacher, z)  # [B, 3, H, W]
+        pred = decode(models[0], z)
+        terms = {"l1": F.l1_loss(pred, target), "l2": F.mse_loss(pred, target)}
+        terms["perceptual"] = perceptual(pred, target) if perceptual is not None else torch.zeros(())
+        terms["loss"] = cfg.w_l1 * terms["l1"] + cfg.w_l2 * terms["l2"] + cfg.w_perceptual * terms["perceptual"]
+        return terms
+
+    job = {**asdict(cfg), **_fingerprint(pipeline_dir, cfg)}
+    summary = train(workdir / "train", [student], opt, batch_fn, loss_fn,
+                    LoopConfig(steps=cfg.steps, checkpoint_every=cfg.checkpoint_every, progress=progress),
+                    job, name="distill-decoder", stop_after=stop_after)
+    student.eval()
+    n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    summary.update({"latent_cache_reused": reused, "latents": len(latents), "decoder_params_teacher": n(teacher.decoder),
+                    "decoder_params_student": n(student.decoder)})
+    out = StableDiffusionPipeline(**{**pipe.components, "vae": student}, requires_safety_checker=False)
+    history = [*read_history(pipeline_dir), StageRecord("distill-decoder", {**asdict(cfg), "summary": summary})]
+    return write_pipeline(out, out_dir, history, overwrite=overwrite)
