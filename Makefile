@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 QUIET_PIP := { grep -v "^WARNING: Location '.*' is ignored" || true; }
 DEMO := build/demo
 
-.PHONY: venv test test-slow demo teacher baseline export-bench bench-sd15 slim-toy bench-slim-sd15 clean
+.PHONY: venv test test-slow demo teacher baseline export-bench bench-sd15 slim-toy bench-slim-sd15 decoder-toy bench-decoder-sd15 clean
 
 venv: $(STAMP)
 
@@ -78,6 +78,24 @@ SD15_SPEC := pocketdiff/architectures/specs/sd15-snapfusion.json
 bench-slim-sd15: venv
 	$(BIN)/pocketdiff bench compare arch=sd15,steps=50 arch=sd15,spec=$(SD15_SPEC),steps=50 --components unet \
 		--threads 2 --repeat 5 --json docs/sd15_slim_benchmark.json --html docs/sd15_slim_benchmark.html
+
+# Efficient decoder on the toy teacher (issue 7): a 0.5-width pruned decoder and a TAESD-style decoder, each
+# distilled on the teacher's own latents (cached once per work dir), then the report (docs/efficient_decoder_toy.md).
+DEC := build/decoder
+DEC_COMMON := --pipeline $(TEACHER)/pipeline --guidance 2 --perceptual clip --perceptual-model $(TEACHER)/clip \
+	--steps 3000 --batch-size 32 --force
+decoder-toy: venv
+	$(BIN)/pocketdiff distill-decoder $(DEC_COMMON) --out $(DEC)/pruned --workdir $(DEC)/pruned.work --kind pruned \
+		--width 0.5 --lr 2e-4
+	$(BIN)/pocketdiff distill-decoder $(DEC_COMMON) --out $(DEC)/tiny --workdir $(DEC)/tiny.work --kind tiny \
+		--tiny-channels 32 --lr 1e-3
+	$(BIN)/python scripts/efficient_decoder_report.py --student pruned=$(DEC)/pruned --student tiny=$(DEC)/tiny \
+		--work $(DEC) --out docs/efficient_decoder_toy
+
+# SD1.5's VAE decoder against the 0.5-width pruned decoder at 512², onnxruntime, side by side (random weights).
+bench-decoder-sd15: venv
+	$(BIN)/pocketdiff bench compare arch=sd15,steps=50 arch=sd15,decoder_width=0.5,steps=50 --components vae_decoder \
+		--threads 2 --repeat 5 --json docs/sd15_decoder_benchmark.json --html docs/sd15_decoder_benchmark.html
 
 clean:
 	rm -rf build .pytest_cache
