@@ -211,7 +211,11 @@ def test_compare_arch_sides_with_a_spec(tmp_path, monkeypatch):
     assert main(["bench", "compare", "arch=tiny", f"arch=tiny,spec={spec}", "--components", "unet", "--repeat", "2",
                  "--warmup", "1", "--json", "c.json", "--no-progress"]) == 0
     assert {r["component"] for r in json.loads((tmp_path / "c.json").read_text())["components"]} == {"unet"}
-    with pytest.raises(PocketdiffError, match="spec= and resolution= go with arch=NAME only"):
+    pruned = parse_side("arch=tiny,decoder_width=0.5,backend=torch")
+    from pocketdiff.pipedir import load_pipeline
+
+    assert load_pipeline(pruned.path).vae.config.decoder_block_out_channels == [8, 16, 16]
+    with pytest.raises(PocketdiffError, match="spec=, resolution= and decoder_width= go with arch=NAME only"):
         parse_side(f"pipeline={tmp_path},spec={spec}")
     with pytest.raises(PocketdiffError, match="unknown backend for an arch side 'coreml'"):
         parse_side("arch=tiny,backend=coreml")

@@ -1,7 +1,8 @@
 """``pocketdiff bench compare A B [C ...]``: configurations side by side in one process, alternating.
 
-A side is ``pipeline=DIR``, ``bundle=DIR`` or ``arch=NAME[,spec=UNET_SPEC][,resolution=N]`` (a named
-architecture with random weights, built once and cached), with optional ``backend=``, ``steps=`` and
+A side is ``pipeline=DIR``, ``bundle=DIR`` or ``arch=NAME[,spec=UNET_SPEC][,resolution=N][,decoder_width=W]``
+(a named architecture with random weights, built once and cached; ``decoder_width`` swaps in the
+channel-pruned VAE decoder), with optional ``backend=``, ``steps=`` and
 ``guidance=``, comma-separated::
 
     pocketdiff bench compare pipeline=build/sd15,steps=50,guidance=7.5 \\
@@ -44,7 +45,7 @@ ARCH_BACKENDS = ("onnx", "executorch", "torch", "optimum")
 BACKEND_LABELS = {"torch": "diffusers eager fp32", "optimum": "optimum ORT", "onnx": "pocketdiff onnxruntime",
                   "executorch": "pocketdiff ExecuTorch"}
 CASES = (("text_encoder", 1), ("unet", 1), ("unet", 2), ("vae_decoder", 1))
-KEYS = ("pipeline", "bundle", "arch", "spec", "resolution", "backend", "steps", "guidance")
+KEYS = ("pipeline", "bundle", "arch", "spec", "resolution", "decoder_width", "backend", "steps", "guidance")
 
 
 @dataclass(frozen=True)
@@ -83,8 +84,9 @@ def parse_side(text: str) -> Side:
     unknown = set(fields) - set(KEYS)
     if unknown:
         raise choice_error("bench compare key", sorted(unknown)[0], KEYS)
-    if kinds[0] != "arch" and {"spec", "resolution"} & set(fields):
-        raise PocketdiffError(f"bench compare side {text!r}: spec= and resolution= go with arch=NAME only")
+    if kinds[0] != "arch" and {"spec", "resolution", "decoder_width"} & set(fields):
+        raise PocketdiffError(f"bench compare side {text!r}: spec=, resolution= and decoder_width= go with "
+                              "arch=NAME only")
     if kinds[0] == "arch":
         fields = _resolve_arch(text, fields)
         kinds = [k for k in SIDE_BACKENDS if k in fields]
@@ -121,11 +123,12 @@ def _resolve_arch(text: str, fields: dict[str, str]) -> dict[str, str]:
         raise choice_error("backend for an arch side", backend, ARCH_BACKENDS)
     try:
         resolution = int(fields["resolution"]) if "resolution" in fields else None
+        width = float(fields["decoder_width"]) if "decoder_width" in fields else None
     except ValueError as exc:
         raise PocketdiffError(f"bench compare side {text!r}: {exc}") from None
     source, pipe_dir = arch_sources(fields["arch"], "torch" if backend == "optimum" else backend, resolution,
-                                    unet_spec=fields.get("spec"))
-    rest = {k: v for k, v in fields.items() if k not in ("arch", "spec", "resolution")}
+                                    unet_spec=fields.get("spec"), decoder_width=width)
+    rest = {k: v for k, v in fields.items() if k not in ("arch", "spec", "resolution", "decoder_width")}
     kind = "pipeline" if backend in SIDE_BACKENDS["pipeline"] else "bundle"
     return {**rest, "backend": backend, kind: str(pipe_dir if kind == "pipeline" else source)}
 

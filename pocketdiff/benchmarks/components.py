@@ -165,12 +165,14 @@ def component_flops(pipe, role: str, batch: int) -> dict:
 
 
 def arch_sources(arch: str, backend: str, resolution: int | None, cache_dir: str | Path = "build/bench",
-                 unet_spec: str | Path | None = None) -> tuple[Path, Path]:
+                 unet_spec: str | Path | None = None, decoder_width: float | None = None) -> tuple[Path, Path]:
     """(benchmark source, pipeline folder) for a named architecture with random weights.
 
     The pipeline (and, for onnx/executorch, its bundle) is built once under ``cache_dir`` and
     reused; weights do not change latency, FLOPs or memory. ``unet_spec`` is a JSON file of UNet
     config overrides (``architectures.factory.load_unet_spec``); its content names the cache folder.
+    ``decoder_width`` swaps in the channel-pruned VAE decoder at that width
+    (``architectures.decoder.prune_decoder``).
     """
     import hashlib
 
@@ -184,11 +186,21 @@ def arch_sources(arch: str, backend: str, resolution: int | None, cache_dir: str
     name = f"{arch}-{resolution}"
     if overrides:
         name += "-unet" + hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8]
+    if decoder_width is not None and decoder_width != 1.0:
+        name += f"-dec{decoder_width:g}"
     pipe_dir = cache / name
     if not pipe_dir.is_dir():
         pipe = build_pipeline(arch, seed=0, resolution=resolution, unet_overrides=overrides)
+        if decoder_width is not None and decoder_width != 1.0:
+            from diffusers import StableDiffusionPipeline
+
+            from pocketdiff.architectures.decoder import prune_decoder
+
+            pipe = StableDiffusionPipeline(**{**pipe.components, "vae": prune_decoder(pipe.vae, decoder_width)},
+                                           requires_safety_checker=False)
         write_pipeline(pipe, pipe_dir, [StageRecord("create", {"arch": arch, "seed": 0, "resolution": resolution,
-                                                               "unet_overrides": overrides})])
+                                                               "unet_overrides": overrides,
+                                                               "decoder_width": decoder_width})])
     if backend == "torch":
         return pipe_dir, pipe_dir
     bundle = cache / f"{name}-{backend}"

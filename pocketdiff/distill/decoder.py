@@ -84,13 +84,30 @@ def _fingerprint(pipeline_dir, cfg: DecoderDistillConfig) -> dict:
             "gen_steps": cfg.gen_steps, "guidance": cfg.guidance, "n_encoded": cfg.n_encoded, "seed": cfg.seed}
 
 
+def generate_latents(pipe, prompts: list[str], steps: int, guidance: float, seed: int, batch_size: int = 64,
+                     progress: bool = True) -> torch.Tensor:
+    """The teacher's final latents [N, C, h, w] (as the UNet makes them) for ``prompts``: DDIM, seeded."""
+    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from tqdm import tqdm
+
+    gen = StableDiffusionPipeline(**{**pipe.components, "scheduler": DDIMScheduler.from_config(pipe.scheduler.config)},
+                                  requires_safety_checker=False)
+    gen.set_progress_bar_config(disable=True)
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    with torch.no_grad():
+        for i in tqdm(range(0, len(prompts), batch_size), desc="teacher latents", disable=not progress):
+            out.append(gen(prompts[i:i + batch_size], num_inference_steps=steps, guidance_scale=guidance, generator=g,
+                           output_type="latent").images.float())
+    return torch.cat(out)
+
+
 def latent_cache(pipe, pipeline_dir, cfg: DecoderDistillConfig, workdir: Path, progress: bool = True
                  ) -> tuple[torch.Tensor, bool]:
     """(latents [N, C, h, w] as the UNet makes them (scaled), whether the cache was reused).
 
     The first ``n_generated`` rows are the teacher's generations, the rest VAE-encoded samples."""
     from safetensors.torch import load_file, save_file
-    from tqdm import tqdm
 
     from pocketdiff.distill.kd import encoded_pool
     from pocketdiff.pipedir import atomic_output_file
@@ -102,18 +119,8 @@ def latent_cache(pipe, pipeline_dir, cfg: DecoderDistillConfig, workdir: Path, p
         return load_file(str(file))["latents"], True
     parts = []
     if cfg.n_generated:
-        from diffusers import DDIMScheduler, StableDiffusionPipeline
-
-        gen = StableDiffusionPipeline(**{**pipe.components, "scheduler": DDIMScheduler.from_config(pipe.scheduler.config)},
-                                      requires_safety_checker=False)
-        gen.set_progress_bar_config(disable=True)
         prompts = [s.caption for s in batch(cfg.seed + 202, cfg.n_generated, "train")]
-        g = torch.Generator().manual_seed(cfg.seed)
-        for i in tqdm(range(0, len(prompts), cfg.gen_batch), desc="teacher latents", disable=not progress):
-            chunk = prompts[i:i + cfg.gen_batch]
-            out = gen(chunk, num_inference_steps=cfg.gen_steps, guidance_scale=cfg.guidance, generator=g,
-                       output_type="latent")
-            parts.append(out.images.float())
+        parts.append(generate_latents(pipe, prompts, cfg.gen_steps, cfg.guidance, cfg.seed, cfg.gen_batch, progress))
     if cfg.n_encoded:
         parts.append(encoded_pool(pipe, cfg.data, cfg.n_encoded, cfg.seed + 303)[0])
     latents = torch.cat(parts).contiguous()
