@@ -121,3 +121,21 @@ def test_unet_spec_with_removed_blocks_builds_a_slim_unet(tmp_path):
     full_dir, _ = arch_sources("tiny", "torch", None, cache_dir=tmp_path / "cache")
     slim, full = (component_flops(meta_pipeline(d), "unet", 1) for d in (slim_dir, full_dir))
     assert slim["macs"] < full["macs"] and slim["params"] < full["params"]
+
+
+def test_shipped_sd15_spec_is_valid_and_documented():
+    """The shipped SnapFusion-like spec builds a slim SD1.5 UNet (on the meta device: no memory), every removed
+    block has its source, and it removes the highest-resolution cross-attention."""
+    from pathlib import Path
+
+    import pocketdiff
+    from pocketdiff.architectures.factory import get_architecture, load_unet_spec
+
+    path = Path(pocketdiff.__file__).parent / "architectures" / "specs" / "sd15-snapfusion.json"
+    spec = load_unet_spec(path)
+    with torch.device("meta"):
+        slim = SlimUNet2DConditionModel(**{**get_architecture("sd15").unet, **spec})
+    removed = slim.config.removed_blocks
+    assert len(removed) == 11 and set(json.loads(path.read_text())["_sources"]) == set(removed)
+    assert {"down_blocks.0.attentions.0", "down_blocks.0.attentions.1", "up_blocks.3.attentions.0",
+            "up_blocks.3.attentions.1", "up_blocks.3.attentions.2"} <= set(removed)
