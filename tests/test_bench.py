@@ -100,7 +100,7 @@ def test_bench_report_from_saved_json(tiny_pipeline_dir, onnx_bundle, tmp_path, 
 
 @pytest.mark.parametrize("side,message", [
     ("pipeline", "expected key=value items"),
-    ("steps=8", "give exactly one of pipeline=DIR or bundle=DIR"),
+    ("steps=8", "give exactly one of pipeline=DIR, bundle=DIR or arch=NAME"),
     ("pipeline=x,backend=onnx", "unknown backend for a pipeline 'onnx'; allowed: torch, optimum"),
     ("bundle=x,backend=torch", "unknown backend for a bundle 'torch'; allowed: onnx, executorch"),
     ("bundle=x,speed=9", "unknown bench compare key 'speed'"),
