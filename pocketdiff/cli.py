@@ -355,14 +355,16 @@ def _cmd_slim_finetune(args) -> int:
 def _cmd_distill_decoder(args) -> int:
     from pocketdiff.distill.decoder import DecoderDistillConfig, distill_decoder
 
-    cfg = DecoderDistillConfig(kind=args.kind, width=args.width, tiny_channels=args.tiny_channels, steps=args.steps,
-                               batch_size=args.batch_size, lr=args.lr, w_l1=args.w_l1, w_l2=args.w_l2,
+    cfg = DecoderDistillConfig(kind=args.kind, width=args.width, tiny_channels=args.tiny_channels,
+                               tiny_blocks=args.tiny_blocks, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                               lr_schedule=args.lr_schedule, w_l1=args.w_l1, w_l2=args.w_l2,
                                w_perceptual=args.w_perceptual, perceptual=args.perceptual,
                                perceptual_model=args.perceptual_model or "", n_generated=args.n_generated,
                                gen_steps=args.gen_steps, guidance=args.guidance, n_encoded=args.n_encoded,
                                data=args.data).validate()
     workdir = Path(args.workdir or f"{args.out}.work")
-    out = distill_decoder(args.pipeline, args.out, cfg, workdir, progress=not args.no_progress, overwrite=args.force)
+    out = distill_decoder(args.pipeline, args.out, cfg, workdir, progress=not args.no_progress, overwrite=args.force,
+                          cache_dir=args.latent_cache)
     print(f"wrote the pipeline with the distilled {cfg.kind} decoder to {out}; latent cache, checkpoints and loss "
           f"log in {workdir}")
     return 0
@@ -550,12 +552,16 @@ def build_parser() -> argparse.ArgumentParser:
     dd.add_argument("--pipeline", required=True, help="teacher pipeline folder")
     dd.add_argument("--out", required=True, help="output pipeline folder (the teacher with the new VAE)")
     dd.add_argument("--workdir", default=None, help="latent cache, checkpoints, loss log (default: OUT.work)")
+    dd.add_argument("--latent-cache", default=None, help="folder of the teacher-latent cache, shareable between runs "
+                                                          "(default: WORKDIR)")
     dd.add_argument("--kind", default="pruned", help="pruned (channel-pruned AutoencoderKL decoder) or tiny (TAESD)")
     dd.add_argument("--width", type=float, default=0.5, help="pruned: decoder channel multiplier")
     dd.add_argument("--tiny-channels", type=int, default=64, help="tiny: channels per stage")
+    dd.add_argument("--tiny-blocks", type=int, default=3, help="tiny: residual blocks per upsampling stage")
     dd.add_argument("--steps", type=int, default=3000)
     dd.add_argument("--batch-size", type=int, default=16)
     dd.add_argument("--lr", type=float, default=2e-4)
+    dd.add_argument("--lr-schedule", default="cosine", help="constant or cosine (decays to lr/20)")
     dd.add_argument("--w-l1", type=float, default=1.0)
     dd.add_argument("--w-l2", type=float, default=1.0)
     dd.add_argument("--w-perceptual", type=float, default=0.1)

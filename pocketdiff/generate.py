@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pocketdiff.errors import PocketdiffError
+from pocketdiff.errors import PocketdiffError, choice_error
 from pocketdiff.runtime.rng import check_seed, initial_latents
 from pocketdiff.runtime.sampler import GenerationResult, ProgressCallback, RuntimePipeline, check_generation_args
 from pocketdiff.runtime.schedulers import get_scheduler_entry
@@ -132,13 +132,19 @@ def save_png(image: np.ndarray, out: str | Path) -> Path:
 
 def generate_many(prompts: list[str], cfg: GenerateConfig, pipeline_dir: str | Path | None = None,
                   onnx_dir: str | Path | None = None, batch_size: int = 64,
-                  callback: ProgressCallback | None = None) -> np.ndarray:
+                  callback: ProgressCallback | None = None, output: str = "image") -> np.ndarray:
     """Images for many prompts; image i starts from the runtime RNG with seed ``cfg.seed + i``.
 
     The torch path batches prompts through diffusers; the runtime path runs one prompt at a time, as
-    a phone would. Returns uint8 [N, H, W, 3].
+    a phone would. Returns uint8 [N, H, W, 3], or with ``output="latent"`` (torch path only) the final
+    latents float32 [N, C, h, w] as the UNet makes them, to decode with several decoders
+    (``images_from_latents``).
     """
     cfg.validate()
+    if output not in ("image", "latent"):
+        raise choice_error("generate_many output", output, ("image", "latent"))
+    if output == "latent" and onnx_dir is not None:
+        raise PocketdiffError("output='latent' needs pipeline_dir (the torch path); the runtime returns images only")
     if onnx_dir is not None:
         pipe = RuntimePipeline.from_onnx_dir(onnx_dir)
         out = []
@@ -160,8 +166,23 @@ def generate_many(prompts: list[str], cfg: GenerateConfig, pipeline_dir: str | P
                                   for j in range(len(chunk))])
         with torch.no_grad():
             res = pipe(chunk, negative_prompt=[cfg.negative_prompt] * len(chunk), num_inference_steps=cfg.steps,
-                       guidance_scale=cfg.guidance, latents=torch.from_numpy(latents), output_type="np")
-        out.append((res.images * 255).round().astype(np.uint8))
+                       guidance_scale=cfg.guidance, latents=torch.from_numpy(latents),
+                       output_type="latent" if output == "latent" else "np")
+        out.append(res.images.float().numpy() if output == "latent" else (res.images * 255).round().astype(np.uint8))
         if callback:
             callback(start + len(chunk), len(prompts))
+    return np.concatenate(out)
+
+
+def images_from_latents(vae, latents: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Decode final latents [N, C, h, w] (``generate_many(..., output="latent")``) with ``vae`` exactly as the
+    torch pipeline does (unscale, decode, [-1, 1] -> [0, 1], clamp, round): uint8 [N, H, W, 3]."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for i in range(0, len(latents), batch_size):
+            z = torch.from_numpy(latents[i:i + batch_size]) / vae.config.scaling_factor
+            x = (vae.decode(z, return_dict=False)[0] / 2 + 0.5).clamp(0, 1)  # [B, 3, H, W]
+            out.append((x.permute(0, 2, 3, 1).float().numpy() * 255).round().astype(np.uint8))
     return np.concatenate(out)

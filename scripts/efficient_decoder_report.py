@@ -27,7 +27,7 @@ from pocketdiff.benchmarks.flops import count_flops
 from pocketdiff.benchmarks.quality import EvalModels, evaluate_images, prompt_set
 from pocketdiff.distill.decoder import decode, generate_latents
 from pocketdiff.export.bundle import ExportConfig, write_bundle
-from pocketdiff.generate import GenerateConfig, generate_many
+from pocketdiff.generate import GenerateConfig, generate_many, images_from_latents
 from pocketdiff.pipedir import load_pipeline, read_history
 from pocketdiff.toyworld import TEACHER_GUIDANCE, TOY_TEACHER_DIR
 
@@ -104,9 +104,13 @@ def main(argv=None) -> int:
     models = EvalModels.load(args.eval_models)
     items = prompt_set("toy-val", args.n, 0)
     cfg = GenerateConfig(prompt="", steps=args.steps, guidance=TEACHER_GUIDANCE, seed=0, scheduler="ddim")
+    # distill-decoder keeps the teacher's text encoder and UNet, so one run of the sampler serves every
+    # decoder: the same final latents, decoded by each (decoding them reproduces generate_many's images)
+    latents = generate_many([it.prompt for it in items], cfg, pipeline_dir=args.teacher, output="latent")
     quality = {}
     for name, d in tqdm([("teacher", args.teacher), *students.items()], desc="quality"):
-        res = evaluate_images(models, items, generate_many([it.prompt for it in items], cfg, pipeline_dir=d), seed=0)
+        vae = teacher.vae if name == "teacher" else load_pipeline(d).vae.eval()
+        res = evaluate_images(models, items, images_from_latents(vae, latents), seed=0)
         quality[name] = {k: res[k] for k in ("fid", "clip_score", "attribute_accuracy")}
     record["quality"] = {"n": args.n, "steps": args.steps, "guidance": TEACHER_GUIDANCE, "scheduler": "ddim",
                          "seed": 0, "rows": quality}
@@ -132,6 +136,15 @@ def render(r: dict) -> str:
             f"({100 * (sq['fid'] / tq['fid'] - 1):+.1f}%): {ok(sq['fid'] <= 1.05 * tq['fid'])} | "
             f"{100 * sq['attribute_accuracy']:.1f} vs {100 * tq['attribute_accuracy']:.1f}: "
             f"{ok(tq['attribute_accuracy'] - sq['attribute_accuracy'] <= 0.01)} | {la['ratio']:.3f}: {ok(la['ratio'] <= 0.3)} |")
+    lines += ["", "## Training settings", "", "| decoder | architecture | steps × batch | lr (schedule) | loss weights l1 / l2 / "
+              "perceptual |", "|---|---|---|---|---|"]
+    for name, s in r["students"].items():
+        c = s["config"]
+        arch = (f"pruned AutoencoderKL decoder, width {c['width']}" if s["kind"] == "pruned" else
+                f"TAESD-style, {c['tiny_channels']} ch × {c.get('tiny_blocks', 3)} blocks per stage")
+        lines.append(f"| {name} | {arch} | {c['steps']} × {c['batch_size']} | {c['lr']:g} "
+                     f"({c.get('lr_schedule', 'constant')}) | {c['w_l1']:g} / {c['w_l2']:g} / {c['w_perceptual']:g} "
+                     f"({c['perceptual']}) |")
     lines += ["", f"## Fidelity on held-out latents ({r['heldout']['n']} teacher generations, `val` prompts, seed "
               f"{r['heldout']['seed']}, never in the training cache)", "",
               "| decoder | kind | PSNR (dB) | SSIM | params | MACs (1 image) | ORT latency (ms) | / teacher |",
@@ -143,7 +156,7 @@ def render(r: dict) -> str:
                      f"{s['size']['params'] / 1e6:.3f} M | {s['size']['macs'] / 1e6:.1f} M | {lat[name]['ms']:.3f} | "
                      f"{lat[name]['ratio']:.3f} |")
     lines += ["", f"## Full generations (DDIM {q['steps']} steps, guidance {q['guidance']}, {q['n']} toy-val prompts, "
-              f"seed {q['seed']})", "", "| decoder | FID ↓ | CLIP score ↑ | attribute accuracy ↑ |", "|---|---|---|---|"]
+              f"seed {q['seed']}; one sampler run, its final latents decoded by each decoder)", "", "| decoder | FID ↓ | CLIP score ↑ | attribute accuracy ↑ |", "|---|---|---|---|"]
     lines += [f"| {n} | {row['fid']:.3f} | {row['clip_score']:.2f} | {row['attribute_accuracy']:.3f} |"
               for n, row in q["rows"].items()]
     return "\n".join(lines) + "\n"

@@ -2,6 +2,8 @@
 channels), the TAESD-style option, diffusers save/load and pipeline loading, export with parity; stage
 distill-decoder: a 2-step smoke run with resume, the latent cache reused on a second run."""
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -100,6 +102,13 @@ def test_distill_decoder_smoke_resume_and_cache(tiny_pipeline_dir, tmp_path):
     pipe = load_pipeline(out)
     assert pipe.vae.config.decoder_block_out_channels == [8, 16, 16]
     assert type(pipe.scheduler).__name__ == type(load_pipeline(tiny_pipeline_dir).scheduler).__name__
+    # another student shares the cache from a different workdir, and its own settings reach the model
+    tiny = replace(cfg, kind="tiny", tiny_channels=8, tiny_blocks=1, steps=1, lr_schedule="constant")
+    distill_decoder(tiny_pipeline_dir, tmp_path / "tiny", tiny, tmp_path / "tiny.work", progress=False, cache_dir=work)
+    assert (work / "latents.safetensors").stat().st_mtime_ns == cached
+    assert not (tmp_path / "tiny.work" / "latents.safetensors").exists()
+    assert read_history(tmp_path / "tiny")[-1].config["summary"]["latent_cache_reused"]
+    assert load_pipeline(tmp_path / "tiny").vae.config.num_decoder_blocks == [1, 1, 1]
 
 
 def test_clip_perceptual(tmp_path):
@@ -125,6 +134,8 @@ def test_clip_perceptual(tmp_path):
     ({"perceptual": "lpips"}, "unknown perceptual loss 'lpips'; allowed: clip, none"),
     ({"perceptual": "clip", "perceptual_model": "/nowhere"}, "needs perceptual_model, a local CLIPModel folder"),
     ({"width": 1.5}, "width must be in (0, 1], got 1.5"),
+    ({"lr_schedule": "step"}, "unknown learning-rate schedule 'step'; allowed: constant, cosine"),
+    ({"tiny_blocks": 0}, "tiny_channels and tiny_blocks must be >= 1; got 16, 25, 64, 500, 64, 0"),
     ({"n_generated": 0, "n_encoded": 0}, "with some data"),
 ])
 def test_bad_decoder_config(change, message):

@@ -7,7 +7,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pocketdiff.generate import GenerateConfig, generate_runtime, generate_torch
+from pocketdiff.errors import PocketdiffError
+from pocketdiff.generate import (GenerateConfig, generate_many, generate_runtime, generate_torch,
+                                 images_from_latents)
+from pocketdiff.pipedir import load_pipeline
 from pocketdiff.runtime.sampler import RuntimePipeline
 from pocketdiff.runtime.schedulers import SCHEDULERS
 
@@ -28,6 +31,22 @@ def test_paths_agree_without_guidance(tiny_pipeline_dir, tiny_onnx_dir):
     b = generate_runtime(tiny_onnx_dir, cfg)
     assert np.abs(a.image.astype(int) - b.image.astype(int)).max() <= 2
     assert a.unet_calls == b.unet_calls == 4
+
+
+def test_latents_then_decode_is_the_image(tiny_pipeline_dir, tiny_onnx_dir):
+    """Decoding generate_many's latents reproduces its images exactly: the decoder reports share one run."""
+    prompts = ["a red circle", "a blue square", "a green triangle"]
+    cfg = GenerateConfig("", steps=3, guidance=2.0, seed=4, scheduler="ddim")
+    images = generate_many(prompts, cfg, pipeline_dir=tiny_pipeline_dir, batch_size=2)
+    latents = generate_many(prompts, cfg, pipeline_dir=tiny_pipeline_dir, batch_size=2, output="latent")
+    assert latents.dtype == np.float32 and latents.shape[0] == 3 and latents.ndim == 4
+    decoded = images_from_latents(load_pipeline(tiny_pipeline_dir).vae, latents, batch_size=2)
+    assert decoded.dtype == np.uint8 and decoded.shape == images.shape
+    assert np.abs(decoded.astype(int) - images.astype(int)).max() <= 1
+    with pytest.raises(PocketdiffError, match="'pixels'"):
+        generate_many(prompts, cfg, pipeline_dir=tiny_pipeline_dir, output="pixels")
+    with pytest.raises(PocketdiffError, match="torch path"):
+        generate_many(prompts, cfg, onnx_dir=tiny_onnx_dir, output="latent")
 
 
 def test_seed_and_prompt_matter(tiny_onnx_dir):

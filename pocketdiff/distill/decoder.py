@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from pocketdiff.errors import PocketdiffError, choice_error
 
 PERCEPTUAL = ("clip", "none")
+LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -36,9 +37,11 @@ class DecoderDistillConfig:
     kind: str = "pruned"  # architectures.decoder.DECODER_KINDS
     width: float = 0.5  # pruned: decoder channel multiplier
     tiny_channels: int = 64  # tiny: channels of every stage
+    tiny_blocks: int = 3  # tiny: residual blocks per upsampling stage (TAESD: 3)
     steps: int = 3000
     batch_size: int = 16
     lr: float = 2e-4
+    lr_schedule: str = "cosine"  # LR_SCHEDULES; cosine decays to lr / 20 at the last step
     w_l1: float = 1.0
     w_l2: float = 1.0
     w_perceptual: float = 0.1
@@ -66,13 +69,18 @@ class DecoderDistillConfig:
                                   f"config.json; got {self.perceptual_model!r}")
         if self.data not in DATA_SOURCES:
             raise choice_error("decoder distillation data source", self.data, DATA_SOURCES)
+        if self.lr_schedule not in LR_SCHEDULES:
+            raise choice_error("learning-rate schedule", self.lr_schedule, LR_SCHEDULES)
         if not 0.0 < self.width <= 1.0:
             raise PocketdiffError(f"width must be in (0, 1], got {self.width}")
         if min(self.steps, self.n_generated, self.n_encoded) < 0 or self.n_generated + self.n_encoded < 1:
             raise PocketdiffError(f"steps, n_generated and n_encoded must be >= 0 with some data; got {self.steps}, "
                                   f"{self.n_generated}, {self.n_encoded}")
-        if min(self.batch_size, self.gen_steps, self.gen_batch, self.checkpoint_every, self.tiny_channels) < 1:
-            raise PocketdiffError("batch_size, gen_steps, gen_batch, checkpoint_every and tiny_channels must be >= 1")
+        if min(self.batch_size, self.gen_steps, self.gen_batch, self.checkpoint_every, self.tiny_channels,
+               self.tiny_blocks) < 1:
+            raise PocketdiffError(f"batch_size, gen_steps, gen_batch, checkpoint_every, tiny_channels and tiny_blocks "
+                                  f"must be >= 1; got {self.batch_size}, {self.gen_steps}, {self.gen_batch}, "
+                                  f"{self.checkpoint_every}, {self.tiny_channels}, {self.tiny_blocks}")
         if self.lr <= 0 or min(self.w_l1, self.w_l2, self.w_perceptual) < 0:
             raise PocketdiffError(f"lr must be > 0 and loss weights >= 0; got lr {self.lr}, weights {self.w_l1}, "
                                   f"{self.w_l2}, {self.w_perceptual}")
@@ -170,7 +178,8 @@ class ClipPerceptual(torch.nn.Module):
 def make_student(vae, cfg: DecoderDistillConfig):
     from pocketdiff.architectures.decoder import prune_decoder, tiny_decoder_vae
 
-    return prune_decoder(vae, cfg.width) if cfg.kind == "pruned" else tiny_decoder_vae(vae, cfg.tiny_channels)
+    return prune_decoder(vae, cfg.width) if cfg.kind == "pruned" else (
+        tiny_decoder_vae(vae, cfg.tiny_channels, cfg.tiny_blocks))
 
 
 def decode(vae, latents: torch.Tensor) -> torch.Tensor:
@@ -179,8 +188,12 @@ def decode(vae, latents: torch.Tensor) -> torch.Tensor:
 
 
 def distill_decoder(pipeline_dir: str | Path, out_dir: str | Path, cfg: DecoderDistillConfig, workdir: str | Path,
-                    stop_after: int | None = None, progress: bool = True, overwrite: bool = False) -> Path:
-    """Train an efficient decoder on the teacher's own latents; write the pipeline with it to ``out_dir``."""
+                    stop_after: int | None = None, progress: bool = True, overwrite: bool = False,
+                    cache_dir: str | Path | None = None) -> Path:
+    """Train an efficient decoder on the teacher's own latents; write the pipeline with it to ``out_dir``.
+
+    The latent cache lives in ``cache_dir`` (default ``workdir``): runs that differ only in the student or
+    its training share one cache, which is fingerprinted by teacher and generation settings."""
     from diffusers import StableDiffusionPipeline
 
     from pocketdiff.distill.loop import LoopConfig, train
@@ -192,12 +205,14 @@ def distill_decoder(pipeline_dir: str | Path, out_dir: str | Path, cfg: DecoderD
     workdir = Path(workdir)
     pipe = load_pipeline(pipeline_dir)
     teacher = pipe.vae.eval().requires_grad_(False)
-    latents, reused = latent_cache(pipe, pipeline_dir, cfg, workdir, progress)
+    latents, reused = latent_cache(pipe, pipeline_dir, cfg, Path(cache_dir or workdir), progress)
     torch.manual_seed(cfg.seed)
     student = make_student(teacher, cfg)
     student.train()
     perceptual = ClipPerceptual(cfg.perceptual_model) if cfg.perceptual == "clip" else None
     opt = torch.optim.AdamW(student.decoder.parameters(), lr=cfg.lr, weight_decay=0.0)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.steps, 1), eta_min=cfg.lr / 20)
+             if cfg.lr_schedule == "cosine" else None)
 
     def batch_fn(step):
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
@@ -215,7 +230,7 @@ def distill_decoder(pipeline_dir: str | Path, out_dir: str | Path, cfg: DecoderD
     job = {**asdict(cfg), **_fingerprint(pipeline_dir, cfg)}
     summary = train(workdir / "train", [student], opt, batch_fn, loss_fn,
                     LoopConfig(steps=cfg.steps, checkpoint_every=cfg.checkpoint_every, progress=progress),
-                    job, name="distill-decoder", stop_after=stop_after)
+                    job, name="distill-decoder", stop_after=stop_after, lr_scheduler=sched)
     student.eval()
     n = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
     summary.update({"latent_cache_reused": reused, "latents": len(latents), "decoder_params_teacher": n(teacher.decoder),
