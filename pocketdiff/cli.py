@@ -352,6 +352,23 @@ def _cmd_slim_finetune(args) -> int:
     return 0
 
 
+def _cmd_distill_steps(args) -> int:
+    from pocketdiff.distill.steps import StepDistillConfig, distill_steps
+
+    cfg = StepDistillConfig(start_steps=args.start_steps, rounds=args.rounds, iters=args.iters,
+                            v_warmup_iters=args.v_warmup_iters, batch_size=args.batch_size, lr=args.lr,
+                            cfg_prob=args.cfg_prob, w_min=args.w_min, w_max=args.w_max,
+                            guidance_embed=args.guidance_embed, embed_dim=args.embed_dim,
+                            caption_dropout=args.caption_dropout, data=args.data).validate()
+    workdir = Path(args.workdir or f"{args.out}.work")
+    out = distill_steps(args.pipeline, args.out, cfg, workdir, teacher_dir=args.teacher, progress=not args.no_progress,
+                        overwrite=args.force)
+    last = cfg.start_steps // 2 ** cfg.rounds
+    print(f"wrote the {last}-step student pipeline to {out} (sample it with DDIM at {last} steps); every round's "
+          f"student, checkpoints and loss logs in {workdir}")
+    return 0
+
+
 def _cmd_distill_decoder(args) -> int:
     from pocketdiff.distill.decoder import DecoderDistillConfig, distill_decoder
 
@@ -546,6 +563,34 @@ def build_parser() -> argparse.ArgumentParser:
     sf.add_argument("--out", required=True, help="output pipeline folder")
     kd_args(sf, steps=2000, batch_size=32, lr=1e-4, skip_prob=0.0)
     sf.set_defaults(func=_cmd_slim_finetune)
+
+    from pocketdiff.distill.steps import StepDistillConfig
+
+    d = StepDistillConfig()
+    ds = sub.add_parser("distill-steps", help="progressive step distillation with CFG-aware regularisation, optionally "
+                                              "a guidance-embedded student (resumable per round; SnapFusion)")
+    ds.add_argument("--pipeline", required=True, help="the student's starting pipeline (the teacher, or a slim one)")
+    ds.add_argument("--teacher", default=None, help="round 1's teacher pipeline (default: --pipeline)")
+    ds.add_argument("--out", required=True, help="output pipeline folder: the last round's student")
+    ds.add_argument("--workdir", default=None, help="every round's student, checkpoints, loss logs (default: "
+                                                    "OUT.work); rerun to resume")
+    ds.add_argument("--start-steps", type=int, default=d.start_steps, help="the teacher's DDIM steps in round 1")
+    ds.add_argument("--rounds", type=int, default=d.rounds, help="halvings: 32 with 2 rounds ends at 8 steps")
+    ds.add_argument("--iters", type=int, default=d.iters, help="training iterations per round")
+    ds.add_argument("--v-warmup-iters", type=int, default=d.v_warmup_iters,
+                    help="a first round teaching the teacher's own prediction in v form (0: none)")
+    ds.add_argument("--batch-size", type=int, default=d.batch_size)
+    ds.add_argument("--lr", type=float, default=d.lr)
+    ds.add_argument("--cfg-prob", type=float, default=d.cfg_prob, help="probability of the CFG-aware loss per sample")
+    ds.add_argument("--w-min", type=float, default=d.w_min, help="CFG-aware guidance range, low end")
+    ds.add_argument("--w-max", type=float, default=d.w_max, help="CFG-aware guidance range, high end")
+    ds.add_argument("--guidance-embed", action="store_true", help="a single-pass student conditioned on w")
+    ds.add_argument("--embed-dim", type=int, default=d.embed_dim, help="width of the w embedding")
+    ds.add_argument("--caption-dropout", type=float, default=d.caption_dropout)
+    ds.add_argument("--data", default=d.data, help="captioned-image source; one of: toyworld")
+    ds.add_argument("--force", action="store_true", help="replace an existing output folder")
+    ds.add_argument("--no-progress", action="store_true")
+    ds.set_defaults(func=_cmd_distill_steps)
 
     dd = sub.add_parser("distill-decoder", help="an efficient image decoder trained on the teacher's own latents "
                                                 "(resumable; SnapFusion)")

@@ -146,7 +146,8 @@ def _pipeline_calls(side: Side, role: str, threads: int, optimum_cache: str | Pa
     latent = (info.unet_config["in_channels"],) + (info.unet_config["sample_size"],) * 2
     hidden, vocab = info.text_encoder_config["hidden_size"], info.text_encoder_config["vocab_size"]
     batches = [b for r, b in CASES if r == role]
-    feeds = {b: fixed_inputs(role, b, latent, hidden, vocab) for b in batches}
+    w_dim = info.unet_config.get("time_cond_proj_dim")
+    feeds = {b: fixed_inputs(role, b, latent, hidden, vocab, guidance_embed_dim=w_dim) for b in batches}
     if side.backend == "optimum":
         from pocketdiff.benchmarks.baselines import optimum_component_call
 
@@ -172,8 +173,9 @@ def _bundle_calls(side: Side, role: str, threads: int) -> dict[int, Callable[[],
     from pocketdiff.runtime.bundle import load_bundle
 
     bundle = load_bundle(side.path)
-    hidden = next(i["shape"][-1] for i in bundle.component("unet", side.backend).inputs
-                  if i["name"] == "encoder_hidden_states")
+    unet_inputs = {i["name"]: i["shape"] for i in bundle.component("unet", side.backend).inputs}
+    hidden = unet_inputs["encoder_hidden_states"][-1]
+    w_dim = unet_inputs["timestep_cond"][-1] if "timestep_cond" in unet_inputs else None
     comp = bundle.component(role, side.backend)
     if side.backend == "onnx":  # workers sleep after a call instead of spinning into the next side's call
         session = OnnxSession(bundle.path / comp.path, threads, allow_spinning=False)
@@ -184,7 +186,7 @@ def _bundle_calls(side: Side, role: str, threads: int) -> dict[int, Callable[[],
     for r, b in CASES:
         if r != role or (isinstance(fixed, int) and fixed != b):
             continue  # an ExecuTorch program runs only at its static batch
-        feeds = fixed_inputs(role, b, bundle.manifest["model"]["latent_shape"], hidden, 1000)
+        feeds = fixed_inputs(role, b, bundle.manifest["model"]["latent_shape"], hidden, 1000, guidance_embed_dim=w_dim)
         calls[b] = lambda session=session, feeds=feeds: session.run(feeds)
     return calls
 

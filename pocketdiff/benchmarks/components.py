@@ -106,7 +106,8 @@ def _worker(source: str, backend: str, role: str, batch: int, threads: int, warm
         pipe = load_pipeline(source)
         spec = next(s for s in component_specs(pipe) if s.name == role)
         feeds = fixed_inputs(role, batch, (pipe.unet.config.in_channels,) + (pipe.unet.config.sample_size,) * 2,
-                       pipe.text_encoder.config.hidden_size, pipe.text_encoder.config.vocab_size)
+                             pipe.text_encoder.config.hidden_size, pipe.text_encoder.config.vocab_size,
+                             guidance_embed_dim=pipe.unet.config.time_cond_proj_dim)
         args = [torch.from_numpy(feeds[n]) for n in spec.input_names]
 
         def call():
@@ -117,9 +118,10 @@ def _worker(source: str, backend: str, role: str, batch: int, threads: int, warm
         comp = bundle.component(role, backend)
         session = SESSIONS[backend](bundle.path / comp.path, comp, threads)
         m = bundle.manifest
-        hidden = next(i["shape"][-1] for i in bundle.component("unet", backend).inputs
-                      if i["name"] == "encoder_hidden_states")
-        feeds = fixed_inputs(role, batch, m["model"]["latent_shape"], hidden, 1000)
+        unet_inputs = {i["name"]: i["shape"] for i in bundle.component("unet", backend).inputs}
+        feeds = fixed_inputs(role, batch, m["model"]["latent_shape"], unet_inputs["encoder_hidden_states"][-1], 1000,
+                             guidance_embed_dim=unet_inputs["timestep_cond"][-1] if "timestep_cond" in unet_inputs
+                             else None)
 
         def call():
             return session.run(feeds)

@@ -120,18 +120,23 @@ def _test_vectors(pipe, tokenizer_dir: Path, sched_cfg: dict, latent_shape: tupl
     from pocketdiff.runtime.schedulers import scheduler_from_config
     from pocketdiff.runtime.tokenizer import CLIPBPETokenizer
 
+    from pocketdiff.export.components import guidance_embed_dim
+    from pocketdiff.runtime.sampler import guidance_scale_embedding
+
     tok = CLIPBPETokenizer.from_dir(tokenizer_dir)
     sched = scheduler_from_config(sched_cfg)
     sched.set_timesteps(steps)
-    cfg = guidance > 1
+    w_dim = guidance_embed_dim(pipe.unet)
+    cfg = guidance > 1 and not w_dim  # a guidance-embedded UNet: one pass on the prompt, w embedded
     prompts = ["", VECTOR_PROMPTS[0]] if cfg else [VECTOR_PROMPTS[0]]
     hidden = np.concatenate([  # one prompt per call, as the runtime and the apps encode
         torch_reference(pipe, "text_encoder", {"input_ids": np.array([tok(p).input_ids], np.int32)})[
             "last_hidden_state"] for p in prompts])
     x = initial_latents(0, (1, *latent_shape)) * sched.init_noise_sigma
     inp = sched.scale_model_input(np.concatenate([x, x]) if cfg else x, 0)
+    extra = {"timestep_cond": guidance_scale_embedding(guidance - 1, w_dim)} if w_dim else {}
     eps = torch_reference(pipe, "unet", {"sample": inp, "timestep": np.asarray(sched.timesteps[0], np.float32),
-                                         "encoder_hidden_states": hidden})["out_sample"]
+                                         "encoder_hidden_states": hidden, **extra})["out_sample"]
     if cfg:
         eps = eps[:1] + np.float32(guidance) * (eps[1:] - eps[:1])
     x1 = sched.step(eps, 0, x)
@@ -157,6 +162,7 @@ def write_bundle(pipeline_dir: str | Path, out_dir: str | Path, config: ExportCo
     """
     import jsonschema
 
+    from pocketdiff.export.components import guidance_embed_dim
     from pocketdiff.pipedir import atomic_output_dir, inspect_pipeline, load_pipeline, package_versions
     from pocketdiff.runtime.schedulers import get_scheduler_entry, scheduler_name_for
 
@@ -180,9 +186,10 @@ def write_bundle(pipeline_dir: str | Path, out_dir: str | Path, config: ExportCo
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         shutil.copytree(info.tokenizer_dir, tmp / "tokenizer")
         components = []
+        unet_batch2 = config.cfg and guidance_embed_dim(pipe.unet) is None  # fixed-batch targets' UNet batch
         for name in config.targets:
             components += TARGETS[name].export(pipe, info, tmp / name, config.precision, config.quantize,
-                                               config.cfg, step)
+                                               unet_batch2, step)
         step("test vectors")
         vectors = _test_vectors(pipe, info.tokenizer_dir, sched_cfg, info.latent_shape, config.steps, config.guidance)
         (tmp / "test_vectors.json").write_text(json.dumps(vectors, indent=1) + "\n")

@@ -6,7 +6,9 @@ C = latent channels, h/w latent size, H/W image size)::
 
     text_encoder  input_ids[B,77] int32                      -> last_hidden_state[B,77,D], pooler_output[B,D]
     unet          sample[B,C,h,w], timestep[] float32,
-                  encoder_hidden_states[B,77,D]              -> out_sample[B,C,h,w]
+                  encoder_hidden_states[B,77,D]
+                  (+ timestep_cond[B,W] for a guidance-embedded
+                  UNet: the w embedding, ``distill/steps.py``) -> out_sample[B,C,h,w]
     vae_decoder   latent_sample[B,C,h,w] (latents / scaling) -> sample[B,3,H,W] in [-1, 1]
 
 Core ML re-wraps these in apple's layout (``export/coreml.py``); the names above are optimum's.
@@ -40,8 +42,14 @@ class UNetExport(nn.Module):
         super().__init__()
         self.unet = unet
 
-    def forward(self, sample, timestep, encoder_hidden_states):  # [B,C,h,w], [], [B,77,D] -> [B,C,h,w]
-        return self.unet(sample, timestep, encoder_hidden_states, return_dict=False)[0]
+    def forward(self, sample, timestep, encoder_hidden_states, timestep_cond=None):
+        # [B,C,h,w], [], [B,77,D] (, [B,W]) -> [B,C,h,w]
+        return self.unet(sample, timestep, encoder_hidden_states, timestep_cond=timestep_cond, return_dict=False)[0]
+
+
+def guidance_embed_dim(unet) -> int | None:
+    """The width of a guidance-embedded UNet's ``timestep_cond`` input (None: a CFG UNet)."""
+    return getattr(unet.config, "time_cond_proj_dim", None)
 
 
 class VaeDecoderExport(nn.Module):
@@ -90,12 +98,14 @@ def component_specs(pipe, batch: int = 2) -> list[ComponentSpec]:
     ids = torch.zeros(batch, MAX_TOKENS, dtype=torch.int32)
     latents = torch.zeros(batch, c, s, s)
     hidden = torch.zeros(batch, MAX_TOKENS, text_cfg.hidden_size)
+    w_dim = guidance_embed_dim(pipe.unet)
+    unet_extra = (("timestep_cond",), (torch.zeros(batch, w_dim),)) if w_dim else ((), ())
     return [
         ComponentSpec("text_encoder", TextEncoderExport(pipe.text_encoder), (ids,), ("input_ids",),
                       ("last_hidden_state", "pooler_output"), ("input_ids",)),
-        ComponentSpec("unet", UNetExport(pipe.unet), (latents, torch.tensor(500.0), hidden),
-                      ("sample", "timestep", "encoder_hidden_states"), ("out_sample",),
-                      ("sample", "encoder_hidden_states")),
+        ComponentSpec("unet", UNetExport(pipe.unet), (latents, torch.tensor(500.0), hidden, *unet_extra[1]),
+                      ("sample", "timestep", "encoder_hidden_states", *unet_extra[0]), ("out_sample",),
+                      ("sample", "encoder_hidden_states", *unet_extra[0])),
         ComponentSpec("vae_decoder", VaeDecoderExport(pipe.vae), (latents,), ("latent_sample",), ("sample",),
                       ("latent_sample",)),
     ]
@@ -117,7 +127,7 @@ def parity_inputs(pipe, role: str, batch: int, seed: int = 0) -> dict[str, np.nd
 
     s = pipe.unet.config.sample_size
     return fixed_inputs(role, batch, (pipe.unet.config.in_channels, s, s), pipe.text_encoder.config.hidden_size,
-                        pipe.text_encoder.config.vocab_size, seed)
+                        pipe.text_encoder.config.vocab_size, seed, guidance_embed_dim(pipe.unet))
 
 
 class TwoPassGroupNorm(nn.Module):

@@ -32,7 +32,8 @@ import torch
 from torch import nn
 
 from pocketdiff.errors import PocketdiffError
-from pocketdiff.export.components import MAX_TOKENS, component_record, component_specs, tensor_spec
+from pocketdiff.export.components import (MAX_TOKENS, component_record, component_specs, guidance_embed_dim,
+                                          tensor_spec)
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "fp16")
@@ -57,9 +58,10 @@ class UnetCoreML(nn.Module):
         super().__init__()
         self.inner = unet_export
 
-    def forward(self, sample, timestep, encoder_hidden_states):  # [U,C,h,w], [U], [U,D,1,77] -> [U,C,h,w]
+    def forward(self, sample, timestep, encoder_hidden_states, timestep_cond=None):
+        # [U,C,h,w], [U], [U,D,1,77] (, [U,W] for a guidance-embedded UNet) -> [U,C,h,w]
         hidden = encoder_hidden_states.squeeze(2).transpose(1, 2)  # [U,D,1,77] -> [U,77,D]
-        return self.inner(sample, timestep, hidden)
+        return self.inner(sample, timestep, hidden, timestep_cond)
 
 
 class VAEDecoderCoreML(nn.Module):
@@ -78,6 +80,7 @@ def apple_io(pipe, cfg: bool) -> dict[str, tuple[nn.Module, list[dict], list[dic
     c, s = pipe.unet.config.in_channels, pipe.unet.config.sample_size
     d, u = pipe.text_encoder.config.hidden_size, 2 if cfg else 1
     factor = pipe.vae.config.scaling_factor
+    w_dim = guidance_embed_dim(pipe.unet)  # a guidance-embedded UNet takes its w embedding too
     image = s * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
     return {
         "text_encoder": (TextEncoderCoreML(specs["text_encoder"].module),
@@ -86,7 +89,8 @@ def apple_io(pipe, cfg: bool) -> dict[str, tuple[nn.Module, list[dict], list[dic
                           tensor_spec("pooled_outputs", [1, d], "float32")]),
         "unet": (UnetCoreML(specs["unet"].module),
                  [tensor_spec("sample", [u, c, s, s], "float32"), tensor_spec("timestep", [u], "float32"),
-                  tensor_spec("encoder_hidden_states", [u, d, 1, MAX_TOKENS], "float32")],
+                  tensor_spec("encoder_hidden_states", [u, d, 1, MAX_TOKENS], "float32"),
+                  *([tensor_spec("timestep_cond", [u, w_dim], "float32")] if w_dim else [])],
                  [tensor_spec("noise_pred", [u, c, s, s], "float32")]),
         "vae_decoder": (VAEDecoderCoreML(specs["vae_decoder"].module, factor),
                         [tensor_spec("z", [1, c, s, s], "float32")],
@@ -101,7 +105,8 @@ def to_apple_feeds(role: str, feeds: dict[str, np.ndarray], scaling_factor: floa
     if role == "unet":
         b = feeds["sample"].shape[0]
         return {"sample": feeds["sample"], "timestep": np.full((b,), feeds["timestep"], np.float32),
-                "encoder_hidden_states": feeds["encoder_hidden_states"].transpose(0, 2, 1)[:, :, None, :]}
+                "encoder_hidden_states": feeds["encoder_hidden_states"].transpose(0, 2, 1)[:, :, None, :],
+                **({"timestep_cond": feeds["timestep_cond"]} if "timestep_cond" in feeds else {})}
     return {"z": feeds["latent_sample"] * np.float32(scaling_factor / SWIFT_DECODER_SCALE)}
 
 

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from pocketdiff.errors import choice_error
+from pocketdiff.runtime.sampler import guidance_scale_embedding
 
 # precision or weight quantisation -> (min PSNR dB, max abs error or None). The fp32/fp16 rows are
 # the project's contract; the quantised rows are documented floors (docs/export.md) that catch a
@@ -90,10 +91,11 @@ def component_parity(pipe, role: str, run, level: str, batch: int) -> dict[str, 
             for name, ref in want.items()}
 
 
-def fixed_inputs(role: str, batch: int, latent_shape, hidden_size: int, vocab_size: int, seed: int = 0
-                 ) -> dict[str, np.ndarray]:
+def fixed_inputs(role: str, batch: int, latent_shape, hidden_size: int, vocab_size: int, seed: int = 0,
+                 guidance_embed_dim: int | None = None) -> dict[str, np.ndarray]:
     """The fixed inputs every parity check and benchmark feeds a component (numpy only): random ids,
-    Gaussian latents and hidden states, timestep 500."""
+    Gaussian latents and hidden states, timestep 500; a guidance-embedded UNet also gets the w
+    embedding of guidance 7.5."""
     rng = np.random.default_rng(seed)
     c, h, w = latent_shape
     if role == "text_encoder":
@@ -101,7 +103,9 @@ def fixed_inputs(role: str, batch: int, latent_shape, hidden_size: int, vocab_si
     if role == "unet":
         return {"sample": rng.standard_normal((batch, c, h, w)).astype(np.float32),
                 "timestep": np.array(500.0, np.float32),
-                "encoder_hidden_states": rng.standard_normal((batch, 77, hidden_size)).astype(np.float32)}
+                "encoder_hidden_states": rng.standard_normal((batch, 77, hidden_size)).astype(np.float32),
+                **({"timestep_cond": np.repeat(guidance_scale_embedding(7.5 - 1, guidance_embed_dim), batch, 0)}
+                   if guidance_embed_dim else {})}
     if role == "vae_decoder":
         return {"latent_sample": rng.standard_normal((batch, c, h, w)).astype(np.float32)}
     raise ValueError(f"no fixed inputs for role {role!r}")

@@ -10,6 +10,10 @@ This is the loop the apps implement. It mirrors diffusers' ``StableDiffusionPipe
    ``eps = unet(inp, t, hidden)``; with CFG ``eps = eps_u + w * (eps_c - eps_u)``;
    ``x = scheduler.step(eps, i, x)``.
 5. ``img = vae_decoder(x / scaling_factor)``; ``uint8 = round(clip(img / 2 + 0.5, 0, 1) * 255)``, HWC.
+
+A guidance-embedded UNet (``distill-steps --guidance-embed``; its graph has a ``timestep_cond`` input)
+runs one pass per step on ``[prompt]`` alone, fed ``guidance_scale_embedding(w - 1)``, as diffusers'
+pipeline does for a UNet with ``time_cond_proj_dim``: no negative prompt, no CFG combination.
 """
 
 from __future__ import annotations
@@ -49,6 +53,16 @@ def check_generation_args(steps: int, guidance: float) -> None:
         raise PocketdiffError(f"guidance must be a finite number >= 0, got {guidance!r}")
 
 
+def guidance_scale_embedding(w: float, dim: int) -> np.ndarray:
+    """[1, dim] float32: diffusers' ``StableDiffusionPipeline.get_guidance_scale_embedding`` of one ``w``
+    (the sampler passes guidance - 1); the torch copy used in training is ``distill.steps``'."""
+    half = dim // 2
+    freq = np.exp(np.arange(half, dtype=np.float32) * np.float32(-(np.log(10000.0) / (half - 1)))).astype(np.float32)
+    emb = np.float32(w * 1000.0) * freq[None, :]
+    emb = np.concatenate([np.sin(emb), np.cos(emb)], axis=1).astype(np.float32)
+    return np.pad(emb, ((0, 0), (0, 1))) if dim % 2 == 1 else emb
+
+
 def to_uint8(decoded: np.ndarray) -> np.ndarray:
     """VAE output [1, 3, H, W] in [-1, 1] -> [H, W, 3] uint8, exactly as diffusers post-processes."""
     img = np.clip(decoded[0].astype(np.float32) / 2 + 0.5, 0, 1).transpose(1, 2, 0)
@@ -67,8 +81,9 @@ class RuntimePipeline:
     """Text-to-image over backend sessions; holds no torch objects."""
 
     def __init__(self, tokenizer: CLIPBPETokenizer, text_encoder, unet, vae_decoder, scheduler_config: dict,
-                 latent_shape: tuple[int, int, int], scaling_factor: float):
+                 latent_shape: tuple[int, int, int], scaling_factor: float, guidance_embed_dim: int | None = None):
         self.tokenizer = tokenizer
+        self.guidance_embed_dim = guidance_embed_dim  # a w-embedded UNet: one pass per step
         self.text_encoder, self.unet, self.vae_decoder = text_encoder, unet, vae_decoder
         self.scheduler_config = scheduler_config
         self.latent_shape = latent_shape
@@ -94,6 +109,7 @@ class RuntimePipeline:
             OnnxSession(path / ONNX_FILES["unet"], threads),
             OnnxSession(path / ONNX_FILES["vae_decoder"], threads),
             sched_cfg, (unet_cfg["in_channels"], s, s), vae_cfg.get("scaling_factor", 0.18215),
+            unet_cfg.get("time_cond_proj_dim"),
         )
 
     @classmethod
@@ -108,8 +124,9 @@ class RuntimePipeline:
         components = [bundle.component(role, backend) for role in ("text_encoder", "unet", "vae_decoder")]
         sessions = [BACKENDS[backend](bundle.path / c.path, c, threads) for c in components]
         tok_dir = bundle.path / Path(m["tokenizer"]["vocab"]).parent
+        w_dim = next((i["shape"][-1] for i in components[1].inputs if i["name"] == "timestep_cond"), None)
         return cls(CLIPBPETokenizer.from_dir(tok_dir), *sessions, m["scheduler"]["config"],
-                   tuple(m["model"]["latent_shape"]), m["model"]["latent_scale_factor"])
+                   tuple(m["model"]["latent_shape"]), m["model"]["latent_scale_factor"], w_dim)
 
     def encode(self, ids: list[list[int]]) -> np.ndarray:
         """[n, 77] ids -> [n, 77, D] hidden states, one text-encoder call per prompt."""
@@ -124,7 +141,8 @@ class RuntimePipeline:
         timings: dict[str, float] = {}
         t0 = time.perf_counter()
         tokens = self.tokenizer(prompt, truncate=truncate)
-        cfg = guidance > 1.0
+        embedded = self.guidance_embed_dim is not None
+        cfg = guidance > 1.0 and not embedded
         fixed = getattr(self.unet, "fixed_batch", None)
         if fixed is not None and fixed != (2 if cfg else 1):
             raise PocketdiffError(
@@ -139,11 +157,12 @@ class RuntimePipeline:
         sched.set_timesteps(steps)
         x = initial_latents(seed, (1, *self.latent_shape)) * sched.init_noise_sigma
         w = np.float32(guidance)
+        extra = {"timestep_cond": guidance_scale_embedding(guidance - 1, self.guidance_embed_dim)} if embedded else {}
         n = len(sched.timesteps)
         for i, t in enumerate(sched.timesteps):
             inp = sched.scale_model_input(np.concatenate([x, x]) if cfg else x, i)
             eps = self.unet.run({"sample": inp, "timestep": np.asarray(t, dtype=np.float32),
-                                 "encoder_hidden_states": hidden})["out_sample"]
+                                 "encoder_hidden_states": hidden, **extra})["out_sample"]
             if cfg:
                 eps = eps[:1] + w * (eps[1:] - eps[:1])
             x = sched.step(eps, i, x)

@@ -1,0 +1,159 @@
+"""Stage distill-steps: the DDIM grid and the w embedding against diffusers, the two-step target against
+diffusers' own DDIM, a 2-round smoke run (4 -> 2 -> 1 steps) interrupted and resumed mid-round, and
+the guidance-embedded student through export and the torch-free runtime with its UNet calls counted."""
+
+import re
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import torch
+
+from pocketdiff.distill.steps import (Schedule, StepDistillConfig, add_guidance_embedding, distill_target, plan,
+                                      student_grid, student_scheduler, student_steps)
+from pocketdiff.errors import PocketdiffError
+
+SMOKE = StepDistillConfig(start_steps=4, rounds=2, iters=2, batch_size=2, pool_size=8, checkpoint_every=1,
+                          cfg_prob=0.5, w_min=1.5, w_max=3.0)
+
+
+def test_student_grid_is_diffusers_trailing_ddim():
+    from diffusers import DDIMScheduler
+
+    t, s = student_grid(8, 1000)
+    assert t.tolist() == [999, 874, 749, 624, 499, 374, 249, 124]  # literal vector for the apps
+    assert s.tolist() == [874, 749, 624, 499, 374, 249, 124, -1]
+    for n in (1, 2, 4, 8, 16, 32):
+        d = DDIMScheduler(timestep_spacing="trailing")
+        d.set_timesteps(n)
+        assert student_grid(n, 1000)[0].tolist() == d.timesteps.tolist()
+
+
+def test_guidance_embedding_matches_diffusers_and_runtime():
+    from diffusers import StableDiffusionPipeline
+
+    from pocketdiff.distill.steps import guidance_scale_embedding
+    from pocketdiff.runtime.sampler import guidance_scale_embedding as numpy_embedding
+
+    w = torch.tensor([0.0, 1.0, 6.5])
+    ref = StableDiffusionPipeline.get_guidance_scale_embedding(None, w, embedding_dim=32)
+    assert torch.allclose(guidance_scale_embedding(w, 32), ref, atol=1e-6)
+    # sin/cos of float32 arguments up to w * 1000 rad: one ulp of exp() apart moves them ~1e-4
+    assert np.allclose(numpy_embedding(6.5, 32)[0], ref[2].numpy(), atol=1e-3)
+    assert np.allclose(numpy_embedding(1.0, 32)[0], ref[1].numpy(), atol=1e-3)
+    assert numpy_embedding(1.0, 33).shape == (1, 33)
+
+
+def test_added_guidance_embedding_starts_as_the_teacher(tiny_pipe):
+    unet = tiny_pipe.unet.eval()
+    embedded = add_guidance_embedding(unet, 16).eval()
+    assert embedded.config.time_cond_proj_dim == 16 and unet.config.time_cond_proj_dim is None
+    z, t, h = torch.randn(2, 4, 8, 8), torch.tensor([10, 500]), torch.randn(2, 77, 32)
+    with torch.no_grad():
+        ref = unet(z, t, h).sample
+        got = embedded(z, t, h, timestep_cond=torch.randn(2, 16)).sample
+    assert torch.allclose(ref, got, atol=1e-6)
+
+
+def test_two_step_target_lands_where_diffusers_ddim_lands(tiny_pipe):
+    """A one-step v student that predicts the target lands, under diffusers' own v-prediction DDIM at
+    4 steps, exactly where diffusers' epsilon DDIM lands after two CFG-guided teacher steps at 8."""
+    from diffusers import DDIMScheduler
+
+    unet = tiny_pipe.unet.eval()
+    config = dict(tiny_pipe.scheduler.config)
+    teacher_sched = DDIMScheduler.from_config(config, timestep_spacing="trailing")
+    teacher_sched.set_timesteps(8)
+    student = student_scheduler(config)
+    student.set_timesteps(4)
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(2, 4, 8, 8, generator=g)
+    cond, uncond = torch.randn(2, 77, 32, generator=g), torch.randn(2, 77, 32, generator=g)
+    w, cfg_rows = torch.tensor([1.0, 3.0]), torch.tensor([False, True])
+    i = 1  # student step t=499 -> 249, teacher steps 499 -> 374 -> 249
+    t0 = student.timesteps[i]
+    target = distill_target(unet, "epsilon", Schedule(config), z, torch.full((2,), int(t0)), torch.full((2,), int(t0) - 250),
+                            2, cond, uncond, w, cfg_rows)
+    x = z.clone()
+    with torch.no_grad():
+        for t in teacher_sched.timesteps[2 * i:2 * i + 2]:
+            eps = unet(torch.cat([x, x]), t, torch.cat([uncond, cond])).sample
+            eps_u, eps_c = eps.chunk(2)
+            guided = torch.where(cfg_rows.view(-1, 1, 1, 1), eps_u + w.view(-1, 1, 1, 1) * (eps_c - eps_u), eps_c)
+            x = teacher_sched.step(guided, t, x).prev_sample
+    landed = student.step(target, t0, z).prev_sample
+    assert torch.allclose(landed, x, atol=1e-4), (landed - x).abs().max()
+
+
+def test_plan_and_bad_configs():
+    assert [(r.name, r.steps, r.substeps) for r in plan(StepDistillConfig(start_steps=32, rounds=3, v_warmup_iters=5))] \
+        == [("v-warmup", 32, 1), ("round1", 16, 2), ("round2", 8, 2), ("round3", 4, 2)]
+    for change, message in [({"start_steps": 12, "rounds": 3}, "start_steps must be divisible by 2**rounds"),
+                            ({"w_min": 3.0, "w_max": 2.0}, "1 <= w_min <= w_max; got [3.0, 2.0]"),
+                            ({"cfg_prob": 1.5}, "cfg_prob must be in [0, 1]"),
+                            ({"data": "laion"}, "unknown step distillation data source 'laion'")]:
+        with pytest.raises(PocketdiffError, match=re.escape(message)):
+            replace(StepDistillConfig(), **change).validate()
+
+
+def test_two_round_smoke_with_resume_mid_round(tiny_pipeline_dir, tmp_path):
+    from pocketdiff.distill.loop import Interrupted, read_log
+    from pocketdiff.distill.steps import distill_steps
+    from pocketdiff.pipedir import load_pipeline, read_history
+
+    work, out = tmp_path / "work", tmp_path / "out"
+    with pytest.raises(Interrupted):  # round 1, after its first iteration
+        distill_steps(tiny_pipeline_dir, out, SMOKE, work, stop_after=1, progress=False)
+    assert not (work / "round1" / "pipeline").exists() and not out.exists()
+    with pytest.raises(Interrupted):  # finishes round 1 (1 iteration), then 1 iteration into round 2
+        distill_steps(tiny_pipeline_dir, out, SMOKE, work, stop_after=2, progress=False)
+    assert (work / "round1" / "pipeline").is_dir() and not (work / "round2" / "pipeline").exists()
+    distill_steps(tiny_pipeline_dir, out, SMOKE, work, progress=False)
+    rounds = read_history(out)[-1].config["rounds"]
+    assert rounds["round1"]["resumed_from"] == 1 and rounds["round2"]["resumed_from"] == 1
+    assert [rounds[r]["student_steps"] for r in ("round1", "round2")] == [2, 1]
+    assert student_steps(out) == 1 and student_steps(work / "round1" / "pipeline") == 2
+    log = read_log(work / "round2" / "train")
+    assert [r["step"] for r in log] == [2] and {"vanilla", "cfg", "loss"} <= set(log[-1])
+    assert abs(log[-1]["vanilla"] + log[-1]["cfg"] - log[-1]["loss"]) < 1e-6
+    pipe = load_pipeline(out)
+    assert type(pipe.scheduler).__name__ == "DDIMScheduler"
+    assert pipe.scheduler.config.prediction_type == "v_prediction"
+    assert pipe.scheduler.config.timestep_spacing == "trailing"
+    teacher = load_pipeline(tiny_pipeline_dir).unet
+    assert not torch.equal(pipe.unet.conv_out.weight, teacher.conv_out.weight)  # it trained
+    with pytest.raises(PocketdiffError, match="round1/pipeline was trained with another config"):
+        distill_steps(tiny_pipeline_dir, out, replace(SMOKE, lr=3e-4), work, progress=False, overwrite=True)
+
+
+def test_guidance_embedded_student_runs_one_unet_call_per_step(tiny_pipeline_dir, tmp_path):
+    """The w-embedded student: exported with a timestep_cond input (ONNX, parity-checked)
+    and sampled by the torch-free runtime with one UNet call per step, counted at the session; the
+    torch (diffusers) path agrees."""
+    from pocketdiff.distill.steps import distill_steps
+    from pocketdiff.export.bundle import ExportConfig, write_bundle
+    from pocketdiff.generate import GenerateConfig, generate_torch
+    from pocketdiff.runtime.sampler import RuntimePipeline
+
+    cfg = replace(SMOKE, rounds=1, start_steps=4, iters=1, guidance_embed=True, embed_dim=16, cfg_prob=1.0)
+    out = distill_steps(tiny_pipeline_dir, tmp_path / "student", cfg, tmp_path / "work", progress=False)
+    bundle = write_bundle(out, tmp_path / "bundle", ExportConfig(targets=("onnx",), steps=2, guidance=2.0))
+    for backend in ("onnx",):  # ExecuTorch's static batch-1 UNet takes the same feeds (export path shared)
+        pipe = RuntimePipeline.from_bundle(bundle, backend)
+        assert pipe.guidance_embed_dim == 16
+        calls = []
+        run = pipe.unet.run
+        pipe.unet.run = lambda feeds, run=run: calls.append(feeds["sample"].shape[0]) or run(feeds)
+        res = pipe.generate("a red circle", steps=2, guidance=2.0, seed=3)
+        assert calls == [1, 1] and res.unet_calls == 2  # one batch-1 pass per step, no CFG pair
+        if backend == "onnx":
+            ref = generate_torch(out, GenerateConfig("a red circle", steps=2, guidance=2.0, seed=3))
+            assert np.abs(ref.image.astype(int) - res.image.astype(int)).max() <= 2
+    feeds_a = {"sample": np.ones((1, 4, 8, 8), np.float32), "timestep": np.asarray(500.0, np.float32),
+               "encoder_hidden_states": np.zeros((1, 77, 32), np.float32)}
+    from pocketdiff.runtime.sampler import guidance_scale_embedding
+
+    sess = RuntimePipeline.from_bundle(bundle, "onnx").unet
+    a = sess.run({**feeds_a, "timestep_cond": guidance_scale_embedding(1.0, 16)})["out_sample"]
+    b = sess.run({**feeds_a, "timestep_cond": guidance_scale_embedding(5.0, 16)})["out_sample"]
+    assert not np.allclose(a, b)  # the trained w projection is live in the exported graph
