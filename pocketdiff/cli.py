@@ -59,10 +59,12 @@ def _cmd_create(args) -> int:
 
 
 def _cmd_export(args) -> int:
+    from pocketdiff.distill.steps import student_steps
     from pocketdiff.export.bundle import ExportConfig, write_bundle
 
+    steps = args.steps if args.steps is not None else (student_steps(args.pipeline) or 25)
     config = ExportConfig(targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()),
-                          precision=args.precision, quantize=args.quantize, steps=args.steps,
+                          precision=args.precision, quantize=args.quantize, steps=steps,
                           guidance=args.guidance, scheduler=args.scheduler).validate()
     with _Progress("exporting", "component", args.no_progress) as progress:
         out = write_bundle(args.pipeline, args.out, config, overwrite=args.force, progress=progress)
@@ -247,6 +249,12 @@ def _cmd_generate(args) -> int:
     check_png_path(args.out)
     with _Progress("denoising", "step", args.no_progress) as progress:
         if args.pipeline:
+            from pocketdiff.distill.steps import student_steps
+
+            trained = student_steps(args.pipeline)
+            if trained is not None and trained != cfg.steps:
+                print(f"warning: {args.pipeline} is a distill-steps student trained for {trained} steps; sampling it "
+                      f"at {cfg.steps} steps leaves its training grid", file=sys.stderr)
             result = generate_torch(args.pipeline, cfg, callback=progress)
         elif args.bundle:
             from pocketdiff.runtime.sampler import RuntimePipeline
@@ -451,7 +459,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--quantize", default=None,
                    help="weight quantisation: " + "; ".join(f"{t.name}: {', '.join(t.quantizations) or 'none'}"
                                                            for t in TARGETS.values()))
-    e.add_argument("--steps", type=int, default=25, help="default step count pinned in the manifest")
+    e.add_argument("--steps", type=int, default=None, help="default step count pinned in the manifest (default: "
+                                                         "the steps a distill-steps student was trained for, else 25)")
     e.add_argument("--guidance", type=float, default=7.5,
                    help="default guidance; > 1 (CFG) gives fixed-batch targets a batch-2 UNet")
     e.add_argument("--scheduler", default=None, help=f"one of: {', '.join(SCHEDULERS)} (default: the pipeline's)")

@@ -2,6 +2,7 @@
 diffusers' own DDIM, a 2-round smoke run (4 -> 2 -> 1 steps) interrupted and resumed mid-round, and
 the guidance-embedded student through export and the torch-free runtime with its UNet calls counted."""
 
+import json
 import re
 from dataclasses import replace
 
@@ -126,18 +127,27 @@ def test_two_round_smoke_with_resume_mid_round(tiny_pipeline_dir, tmp_path):
         distill_steps(tiny_pipeline_dir, out, replace(SMOKE, lr=3e-4), work, progress=False, overwrite=True)
 
 
-def test_guidance_embedded_student_runs_one_unet_call_per_step(tiny_pipeline_dir, tmp_path):
+def test_guidance_embedded_student_runs_one_unet_call_per_step(tiny_pipeline_dir, tmp_path, capsys):
     """The w-embedded student: exported with a timestep_cond input (ONNX, parity-checked)
     and sampled by the torch-free runtime with one UNet call per step, counted at the session; the
     torch (diffusers) path agrees."""
     from pocketdiff.distill.steps import distill_steps
-    from pocketdiff.export.bundle import ExportConfig, write_bundle
     from pocketdiff.generate import GenerateConfig, generate_torch
     from pocketdiff.runtime.sampler import RuntimePipeline
 
     cfg = replace(SMOKE, rounds=1, start_steps=4, iters=1, guidance_embed=True, embed_dim=16, cfg_prob=1.0)
     out = distill_steps(tiny_pipeline_dir, tmp_path / "student", cfg, tmp_path / "work", progress=False)
-    bundle = write_bundle(out, tmp_path / "bundle", ExportConfig(targets=("onnx",), steps=2, guidance=2.0))
+    from pocketdiff.cli import main
+
+    bundle = tmp_path / "bundle"  # the CLI pins the steps the student was trained for (start 4, 1 round: 2)
+    assert main(["export", "--pipeline", str(out), "--out", str(bundle), "--targets", "onnx", "--guidance", "2",
+                 "--no-progress"]) == 0
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["defaults"]["steps"] == 2
+    assert [i["name"] for c in manifest["components"] if c["role"] == "unet" for i in c["inputs"]][-1] == "timestep_cond"
+    assert main(["generate", "--pipeline", str(out), "a red circle", "--steps", "3", "--guidance", "2", "--out",
+                 str(tmp_path / "x.png"), "--no-progress"]) == 0
+    assert "trained for 2 steps; sampling it at 3 steps" in capsys.readouterr().err
     for backend in ("onnx",):  # ExecuTorch's static batch-1 UNet takes the same feeds (export path shared)
         pipe = RuntimePipeline.from_bundle(bundle, backend)
         assert pipe.guidance_embed_dim == 16
