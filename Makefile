@@ -83,14 +83,16 @@ bench-slim-sd15: venv
 # distilled on the teacher's own latents (cached once per work dir), then the report (docs/efficient_decoder_toy.md).
 DEC := build/decoder
 DEC_COMMON := --pipeline $(TEACHER)/pipeline --guidance 2 --perceptual clip --perceptual-model $(TEACHER)/clip \
-	--steps 3000 --batch-size 32 --force
+	--batch-size 32 --latent-cache $(DEC)/latents --force
 decoder-toy: venv
 	$(BIN)/pocketdiff distill-decoder $(DEC_COMMON) --out $(DEC)/pruned --workdir $(DEC)/pruned.work --kind pruned \
-		--width 0.5 --lr 2e-4
-	$(BIN)/pocketdiff distill-decoder $(DEC_COMMON) --out $(DEC)/tiny --workdir $(DEC)/tiny.work --kind tiny \
-		--tiny-channels 32 --lr 1e-3
-	$(BIN)/python scripts/efficient_decoder_report.py --student pruned=$(DEC)/pruned --student tiny=$(DEC)/tiny \
-		--work $(DEC) --out docs/efficient_decoder_toy
+		--width 0.5 --steps 3000 --lr 2e-4 --lr-schedule constant
+	$(BIN)/pocketdiff distill-decoder $(DEC_COMMON) --out $(DEC)/tiny32 --workdir $(DEC)/tiny32.work --kind tiny \
+		--tiny-channels 32 --steps 3000 --lr 1e-3 --lr-schedule constant
+	$(BIN)/pocketdiff distill-decoder $(DEC_COMMON) --out $(DEC)/tiny16 --workdir $(DEC)/tiny16.work --kind tiny \
+		--tiny-channels 16 --tiny-blocks 2 --steps 10000 --lr 1e-3 --w-perceptual 1
+	$(BIN)/python scripts/efficient_decoder_report.py --student pruned=$(DEC)/pruned --student tiny32=$(DEC)/tiny32 \
+		--student tiny16=$(DEC)/tiny16 --work $(DEC) --out docs/efficient_decoder_toy
 
 # SD1.5's VAE decoder against the 0.5-width pruned decoder at 512², onnxruntime, side by side (random weights).
 bench-decoder-sd15: venv
