@@ -360,6 +360,28 @@ def _cmd_slim_finetune(args) -> int:
     return 0
 
 
+def _cmd_build(args) -> int:
+    from pocketdiff.build import build, load_recipe
+
+    recipe = load_recipe(args.recipe, args.set or [])
+    res = build(args.teacher, recipe, args.out, from_stage=args.from_stage, until=args.until,
+                progress=not args.no_progress)
+    for name, what in res["stages"].items():
+        print(f"  {name:<8} {what}")
+    report = Path(args.out) / "report" / "index.html"
+    print(f"build in {args.out}" + (f"; report: {report}" if report.is_file() else ""))
+    return 0
+
+
+def _cmd_regress(args) -> int:
+    from pocketdiff.benchmarks.regress import regress, table
+
+    passed, checks, _ = regress(args.bundle, args.baseline, args.eval_models, args.json)
+    print(table(checks))
+    print("quality gate: " + ("passed" if passed else f"FAILED ({sum(not c.ok for c in checks)} regressed)"))
+    return 0 if passed else 1
+
+
 def _cmd_distill_steps(args) -> int:
     from pocketdiff.distill.steps import StepDistillConfig, distill_steps
 
@@ -572,6 +594,25 @@ def build_parser() -> argparse.ArgumentParser:
     sf.add_argument("--out", required=True, help="output pipeline folder")
     kd_args(sf, steps=2000, batch_size=32, lr=1e-4, skip_prob=0.0)
     sf.set_defaults(func=_cmd_slim_finetune)
+
+    b = sub.add_parser("build", help="run a recipe's stages on a teacher: slim, decoder, steps, export, bench, eval, "
+                                     "report (resumable; reruns skip unchanged stages)")
+    b.add_argument("--teacher", required=True, help="teacher pipeline folder")
+    b.add_argument("--recipe", required=True, help="recipe TOML (recipes/toy.toml, recipes/toy-full.toml, ...)")
+    b.add_argument("--out", required=True, help="work folder: one subfolder per stage")
+    b.add_argument("--from", dest="from_stage", default=None, help="redo from this stage on")
+    b.add_argument("--until", default=None, help="stop after this stage")
+    b.add_argument("--set", action="append", help="override a recipe value, e.g. steps.distill.iters=500 (repeatable)")
+    b.add_argument("--no-progress", action="store_true")
+    b.set_defaults(func=_cmd_build)
+
+    rg = sub.add_parser("regress", help="the quality-regression gate: evaluate a bundle against a baseline "
+                                        "(exit 1 on a regression)")
+    rg.add_argument("--bundle", required=True)
+    rg.add_argument("--baseline", required=True, help="baseline JSON (benchmarks/baselines/*.json)")
+    rg.add_argument("--eval-models", default=None, help="toy eval models folder (default: the shipped toy teacher)")
+    rg.add_argument("--json", default=None, help="also write the evaluation and checks here")
+    rg.set_defaults(func=_cmd_regress)
 
     from pocketdiff.distill.steps import StepDistillConfig
 

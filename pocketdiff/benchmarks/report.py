@@ -169,3 +169,97 @@ def read_bench_results(paths) -> tuple[list[dict], dict | None]:
         else:
             raise PocketdiffError(f"{p} is neither a `bench --json` nor a `bench compare --json` result")
     return benches, comparison
+
+
+def _loss_figure(logs: dict[str, list[dict]]) -> str:
+    """One panel per training log (every logged term against the step), as a data URI."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots((len(logs) + 3) // 4, min(4, len(logs)), figsize=(3.4 * min(4, len(logs)),
+                             2.6 * ((len(logs) + 3) // 4)), squeeze=False)
+    for ax in axes.flat[len(logs):]:
+        ax.axis("off")
+    for ax, (name, rows) in zip(axes.flat, logs.items()):
+        terms = [k for k in rows[0] if k != "step" and isinstance(rows[0][k], (int, float))]
+        for term in terms:
+            ax.plot([r["step"] for r in rows], [max(r[term], 1e-8) for r in rows], label=term, lw=1)
+        ax.set_yscale("log")
+        ax.set_title(name, fontsize=7)
+        ax.tick_params(labelsize=6)
+        ax.legend(fontsize=5)
+    fig.tight_layout()
+    return figure_data_uri(fig)
+
+
+def write_build_report(ctx) -> Path:
+    """``pocketdiff build``'s report stage: ``WORKDIR/report/index.html`` from the other stages' outputs
+    (``ctx`` is a ``build.Context``); the numbers are read from the eval and bench JSON, not recomputed."""
+    from pocketdiff.distill.loop import read_log
+    from pocketdiff.generate import GenerateConfig, generate_many
+    from pocketdiff.pipedir import read_json
+    from pocketdiff.toyworld.demo import DEMO_PROMPTS
+
+    r, w = ctx.recipe, ctx.workdir
+    sections: list[tuple[str, str]] = []
+    evals = {n: read_json(w / "eval" / f"{n}.json") for n in ("teacher", "student") if (w / "eval" / f"{n}.json").is_file()}
+    if "export" in r.stages:
+        student_steps = read_json(ctx.student_bundle() / "manifest.json")["defaults"]["steps"]
+        g = r.export.guidance
+        teacher = generate_many(list(DEMO_PROMPTS), GenerateConfig("", steps=r.eval.teacher_steps, guidance=g, seed=0,
+                                                                   scheduler=r.eval.teacher_scheduler),
+                                pipeline_dir=ctx.teacher)
+        student = generate_many(list(DEMO_PROMPTS), GenerateConfig("", steps=student_steps, guidance=g, seed=0),
+                                onnx_dir=ctx.student_bundle() / "onnx")
+        from pocketdiff.benchmarks.quality import image_grid
+
+        grid = image_grid(np.concatenate([teacher, student]), cols=len(DEMO_PROMPTS), scale=4)
+        prompts = "".join(f"<li>{html.escape(p)}</li>" for p in DEMO_PROMPTS)
+        sections.append(("Teacher vs student (same prompts, same seeds)",
+                         f"<p>Top row: the teacher, {r.eval.teacher_scheduler} {r.eval.teacher_steps} steps (its "
+                         f"pipeline). Bottom row: the student bundle, {student_steps} steps, on the torch-free "
+                         f"runtime (onnxruntime). Guidance {g}; image i has seed i.</p><ol>{prompts}</ol>"
+                         f"<img src='{png_data_uri(grid)}'>"))
+    if evals:
+        rows = [{"model": n, "steps": e["steps"], "FID": e["fid"], "CLIP score": e["clip_score"],
+                 "attribute accuracy": e["attribute_accuracy"],
+                 "accuracy (held-out)": e["attributes"].get("split=heldout", {}).get("all", "-"), "source": e["source"]}
+                for n, e in evals.items()]
+        sections.append((f"Quality ({r.eval.prompts}, n={r.eval.n}, seed {r.eval.seed}; eval/*.json)",
+                         table_html(rows, list(rows[0]))))
+    if (w / "bench" / "compare.json").is_file():
+        res = read_json(w / "bench" / "compare.json")
+        rows = [{"component": c["component"], "batch": c["batch"], "teacher ms": c["A"]["median_ms"],
+                 "student ms": c["B"]["median_ms"], "student / teacher": c["ratio_vs_a"]["B"]}
+                for c in res["components"] if "A" in c and "B" in c]
+        e = res["end_to_end"]
+        e2e = [{"side": n, "steps": e[n]["steps"], "guidance": e[n]["guidance"], "end to end ms": e[n].get("e2e_ms", "-"),
+                "speedup": e.get("speedup_vs_a", {}).get(n, 1.0 if n == "A" else "-")} for n in ("A", "B")]
+        sections.append(("Latency (onnxruntime, one process, alternating; bench/compare.json)",
+                         "<p>A = the teacher bundle, B = the student bundle.</p>" + table_html(rows, list(rows[0]))
+                         + "<p>Composed end to end: text encoder + steps × UNet step + decoder.</p>"
+                         + table_html(e2e, list(e2e[0]))))
+    sd15 = []
+    for f in r.report.sd15_results:
+        if not Path(f).is_file():
+            sd15.append({"result": f, "component": "(file not found)"})
+            continue
+        res = read_json(f)
+        for c in res["components"]:
+            if "A" in c and "B" in c:
+                sd15.append({"result": Path(f).name, "component": c["component"], "batch": c["batch"],
+                             "SD1.5 ms": c["A"]["median_ms"], "ours ms": c["B"]["median_ms"],
+                             "ratio": c["ratio_vs_a"]["B"]})
+    if sd15:
+        sections.append(("SD1.5 architecture (random weights, 512²; committed bench compare results)",
+                         table_html(sd15, ["result", "component", "batch", "SD1.5 ms", "ours ms", "ratio"])))
+    logs = {}
+    for f in sorted(w.glob("*.work/**/log.jsonl")):
+        rows = read_log(f.parent)
+        if rows:
+            logs[f.parent.relative_to(w).as_posix()] = rows
+    if logs:
+        sections.append(("Loss curves (every training job of the build)", f"<img src='{_loss_figure(logs)}'>"))
+    return write_page(w / "report" / "index.html", r.report.title, sections)

@@ -235,9 +235,17 @@ def distill_steps(pipeline_dir: str | Path, out_dir: str | Path, cfg: StepDistil
     teacher_pred = teacher_pipe.scheduler.config.get("prediction_type", "epsilon")
     sched = Schedule(teacher_pipe.scheduler.config)
     out_sched = student_scheduler(teacher_pipe.scheduler.config)
-    pipe.text_encoder.requires_grad_(False)
-    latents, ids, empty = encoded_pool(pipe, cfg.data, cfg.pool_size, cfg.seed)
-    hidden, empty_hidden = _hidden(pipe.text_encoder, ids), _hidden(pipe.text_encoder, empty[None])  # [N,77,D], [1,77,D]
+    # training images are encoded with the teacher's VAE: a distilled decoder's pipeline (e.g. the TAESD-style
+    # one) carries no trained encoder
+    from diffusers import AutoencoderKL
+
+    if not isinstance(teacher_pipe.vae, AutoencoderKL):
+        raise PocketdiffError(f"the teacher {teacher_dir}'s VAE ({type(teacher_pipe.vae).__name__}) has no trained "
+                              "encoder to encode training images; pass the original pipeline as the teacher")
+    teacher_pipe.text_encoder.requires_grad_(False)
+    latents, ids, empty = encoded_pool(teacher_pipe, cfg.data, cfg.pool_size, cfg.seed)
+    text = teacher_pipe.text_encoder
+    hidden, empty_hidden = _hidden(text, ids), _hidden(text, empty[None])  # [N,77,D], [1,77,D]
     fingerprint = {"pipeline": str(Path(pipeline_dir).resolve()), "teacher": str(Path(teacher_dir).resolve())}
     budget = stop_after
     teacher, student, summaries = teacher_pipe.unet.eval().requires_grad_(False), None, {}

@@ -1,0 +1,100 @@
+"""``pocketdiff regress``: the quality-regression gate.
+
+A baseline file (JSON, committed under ``benchmarks/baselines/``) fixes how a bundle is evaluated and
+what it must reach::
+
+    {"prompts": "toy-val", "n": 200, "seed": 0, "guidance": 2.0, "steps": null,
+     "metrics": {"fid": {"max": 1.2}, "clip_score": {"min": 85.0}, "attribute_accuracy": {"min": 0.65}},
+     "reference": {...the figures the bounds were set from, for the reader...}}
+
+``steps: null`` means the bundle's own default steps. The bundle is evaluated through the torch-free
+runtime on its ONNX models, as ``pocketdiff eval --onnx`` would; every metric outside its bound is a
+regression, and the gate fails (exit 1) with a table of them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from pocketdiff.errors import PocketdiffError
+
+METRICS = ("fid", "clip_score", "attribute_accuracy", "accuracy_heldout")
+BOUNDS = ("min", "max")
+
+
+@dataclass(frozen=True)
+class Check:
+    metric: str
+    value: float
+    bound: str  # "min" or "max"
+    limit: float
+
+    @property
+    def ok(self) -> bool:
+        return self.value >= self.limit if self.bound == "min" else self.value <= self.limit
+
+
+def load_baseline(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise PocketdiffError(f"baseline {path} does not exist")
+    try:
+        b = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise PocketdiffError(f"baseline {path} is not valid JSON: {exc}") from None
+    for key in ("prompts", "n", "seed", "guidance", "metrics"):
+        if key not in b:
+            raise PocketdiffError(f"baseline {path} has no {key!r}")
+    for metric, bound in b["metrics"].items():
+        if metric not in METRICS:
+            raise PocketdiffError(f"baseline {path}: unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
+        if not bound or set(bound) - set(BOUNDS):
+            raise PocketdiffError(f"baseline {path}: metric {metric} needs bounds from {', '.join(BOUNDS)}, got {bound}")
+    return b
+
+
+def metric_values(result: dict) -> dict[str, float]:
+    """The gate's metrics from a ``pocketdiff eval`` result."""
+    return {"fid": result["fid"], "clip_score": result["clip_score"], "attribute_accuracy": result["attribute_accuracy"],
+            "accuracy_heldout": result["attributes"].get("split=heldout", {}).get("all", float("nan"))}
+
+
+def check(values: dict[str, float], baseline: dict) -> list[Check]:
+    return [Check(m, values[m], b, float(limit)) for m, bounds in baseline["metrics"].items()
+            for b, limit in bounds.items()]
+
+
+def table(checks: list[Check]) -> str:
+    lines = [f"{'metric':<20}{'value':>10}  bound", "-" * 44]
+    for c in checks:
+        lines.append(f"{c.metric:<20}{c.value:>10.4f}  {'>=' if c.bound == 'min' else '<='} {c.limit:<10.4f}"
+                     f"{'ok' if c.ok else 'REGRESSED'}")
+    return "\n".join(lines)
+
+
+def regress(bundle: str | Path, baseline_path: str | Path, eval_models: str | Path | None = None,
+            out: str | Path | None = None) -> tuple[bool, list[Check], dict]:
+    """Evaluate ``bundle`` as the baseline says; (passed, checks, eval result)."""
+    from pocketdiff.benchmarks.quality import EvalModels, evaluate_images, prompt_set
+    from pocketdiff.generate import GenerateConfig, generate_many
+    from pocketdiff.runtime.bundle import load_bundle
+    from pocketdiff.toyworld import TOY_TEACHER_DIR
+
+    b = load_baseline(baseline_path)
+    manifest = load_bundle(bundle, verify=True).manifest
+    steps = b.get("steps") or manifest["defaults"]["steps"]
+    cfg = GenerateConfig(prompt="", steps=steps, guidance=b["guidance"], seed=b["seed"]).validate()
+    items = prompt_set(b["prompts"], b["n"], b["seed"])
+    images = generate_many([it.prompt for it in items], cfg, onnx_dir=Path(bundle) / "onnx")
+    result = evaluate_images(EvalModels.load(eval_models or TOY_TEACHER_DIR), items, images, seed=b["seed"])
+    result.update(prompts=b["prompts"], seed=b["seed"], steps=steps, guidance=b["guidance"], source=str(bundle))
+    checks = check(metric_values(result), b)
+    if out is not None:
+        from pocketdiff.pipedir import atomic_output_file
+
+        with atomic_output_file(out) as tmp:
+            tmp.write_text(json.dumps({"bundle": str(bundle), "baseline": str(baseline_path), "result": result,
+                                       "checks": [{**c.__dict__, "ok": c.ok} for c in checks]}, indent=1) + "\n")
+    return all(c.ok for c in checks), checks, result

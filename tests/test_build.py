@@ -1,0 +1,160 @@
+"""pocketdiff build: recipe loading and its errors, a whole tiny build (every stage) killed mid-stage and
+resumed, reruns that skip unchanged stages and redo changed ones; the regression gate fails on a
+deliberately degraded bundle."""
+
+import json
+import re
+
+import pytest
+
+from pocketdiff.build import STAGES, build, load_recipe
+from pocketdiff.errors import PocketdiffError
+
+TINY = """
+stages = ["slim", "decoder", "steps", "export", "bench", "eval", "report"]
+[slim]
+backend = "torch"
+repeat = 1
+[slim.robust]
+steps = 2
+batch_size = 2
+pool_size = 8
+checkpoint_every = 1
+[slim.evolve]
+budget = 0.9
+max_iterations = 1
+probe_size = 2
+probe_timesteps = [500]
+[slim.evolve.finetune]
+steps = 1
+batch_size = 2
+pool_size = 8
+[slim.finetune]
+steps = 2
+batch_size = 2
+pool_size = 8
+skip_prob = 0.0
+[decoder]
+kind = "tiny"
+tiny_channels = 8
+tiny_blocks = 1
+steps = 2
+batch_size = 2
+perceptual = "none"
+n_generated = 4
+gen_steps = 2
+gen_batch = 4
+n_encoded = 4
+guidance = 2.0
+[steps]
+teacher = "original"
+[steps.distill]
+start_steps = 4
+rounds = 1
+iters = 2
+batch_size = 2
+pool_size = 8
+w_min = 1.5
+w_max = 3.0
+[export]
+guidance = 2.0
+[bench]
+teacher_steps = 4
+warmup = 0
+repeat = 1
+[eval]
+n = 8
+teacher_steps = 4
+guidance = 2.0
+[report]
+title = "tiny build"
+"""
+
+
+def _recipe(tmp_path, text=TINY, name="tiny.toml"):
+    f = tmp_path / name
+    f.write_text(text)
+    return f
+
+
+def test_recipe_errors(tmp_path):
+    for text, message in [
+        ('stages = ["slim", "warp"]', "unknown build stage 'warp'; allowed: " + ", ".join(STAGES)),
+        ('stages = ["steps", "slim"]', "recipe stages must be unique and in the order"),
+        ('stages = ["slim"]\n[slim]\nbackend = "onnx"\nbogus = 1', "unknown key bogus in [recipe.slim]; allowed: backend"),
+        ('stages = ["steps"]\n[steps.distill]\nrounds = 0', "start_steps must be divisible by 2**rounds"),
+        ("stages = [", "is not valid TOML"),
+    ]:
+        with pytest.raises(PocketdiffError, match=re.escape(message)):
+            load_recipe(_recipe(tmp_path, text))
+    with pytest.raises(PocketdiffError, match="does not exist"):
+        load_recipe(tmp_path / "nope.toml")
+    r = load_recipe(_recipe(tmp_path), ["steps.distill.iters=7", "export.targets=['onnx']", "report.title=x y"])
+    assert r.steps.distill.iters == 7 and r.export.targets == ("onnx",) and r.report.title == "x y"
+    assert r.slim.evolve.probe_timesteps == (500,)
+    with pytest.raises(PocketdiffError, match=re.escape("--set needs KEY=VALUE")):
+        load_recipe(_recipe(tmp_path), ["steps.distill.iters"])
+
+
+def test_tiny_build_killed_mid_stage_resumes_and_skips(tiny_pipeline_dir, tmp_path):
+    from pocketdiff.distill.loop import Interrupted
+    from pocketdiff.pipedir import read_history
+
+    recipe = load_recipe(_recipe(tmp_path))
+    work = tmp_path / "build"
+    with pytest.raises(PocketdiffError, match="'warp' is not a stage of this recipe"):
+        build(tiny_pipeline_dir, recipe, work, until="warp", progress=False)
+    with pytest.raises(Interrupted):  # "killed" after robust training's first checkpointed step
+        build(tiny_pipeline_dir, recipe, work, progress=False, stop_after=1)
+    assert json.loads((work / "build.json").read_text())["stages"]["slim"]["status"] == "running"
+    res = build(tiny_pipeline_dir, recipe, work, until="steps", progress=False)
+    assert res["stages"] == {"slim": "resumed", "decoder": "ran", "steps": "ran"}
+    robust = read_history(work / "slim.work" / "robust")[-1].config["summary"]
+    assert robust["resumed_from"] == 1 and robust["steps"] == 2  # resumed, not restarted
+    res = build(tiny_pipeline_dir, recipe, work, progress=False)
+    assert res["stages"] == {"slim": "skipped", "decoder": "skipped", "steps": "skipped", "export": "ran",
+                             "bench": "ran", "eval": "ran", "report": "ran"}
+    page = (work / "report" / "index.html").read_text()
+    for heading in ("Teacher vs student", "Quality", "Latency", "SD1.5 architecture", "Loss curves"):
+        assert heading in page
+    student = json.loads((work / "eval" / "student.json").read_text())
+    assert f"{student['fid']:.3f}" in page  # the page shows eval's numbers
+    # a changed decoder config redoes the decoder and everything after it, and keeps the slim stage
+    changed = load_recipe(_recipe(tmp_path), ["decoder.steps=3"])
+    res = build(tiny_pipeline_dir, changed, work, until="steps", progress=False)
+    assert res["stages"] == {"slim": "skipped", "decoder": "ran", "steps": "ran"}
+    assert read_history(work / "decoder")[-1].config["steps"] == 3
+
+
+def test_regression_gate_fails_on_a_degraded_bundle(tiny_pipeline_dir, tmp_path):
+    """The gate passes a bundle against bounds it meets and fails the same bundle with its decoder's
+    weights zeroed (exit 1, the regressed metrics named)."""
+    import torch
+
+    from pocketdiff.cli import main
+    from pocketdiff.export.bundle import ExportConfig, write_bundle
+    from pocketdiff.pipedir import load_pipeline, read_history, write_pipeline
+
+    good = write_bundle(tiny_pipeline_dir, tmp_path / "good", ExportConfig(targets=("onnx",), steps=3, guidance=2.0))
+    pipe = load_pipeline(tiny_pipeline_dir)
+    with torch.no_grad():
+        for p in pipe.vae.decoder.parameters():
+            p.zero_()
+    write_pipeline(pipe, tmp_path / "zeroed", read_history(tiny_pipeline_dir))
+    bad = write_bundle(tmp_path / "zeroed", tmp_path / "bad", ExportConfig(targets=("onnx",), steps=3, guidance=2.0))
+    out = tmp_path / "gate.json"
+    base = {"prompts": "toy-val", "n": 8, "seed": 0, "guidance": 2.0, "steps": None,
+            "metrics": {"clip_score": {"min": 0.0}, "fid": {"max": 1e9}}}
+    (tmp_path / "base.json").write_text(json.dumps(base))
+    assert main(["regress", "--bundle", str(good), "--baseline", str(tmp_path / "base.json"), "--json", str(out)]) == 0
+    good_clip = json.loads(out.read_text())["result"]["clip_score"]
+    strict = {**base, "metrics": {"clip_score": {"min": good_clip - 1e-3}, "fid": {"max": 1e9}}}
+    (tmp_path / "strict.json").write_text(json.dumps(strict))
+    assert main(["regress", "--bundle", str(good), "--baseline", str(tmp_path / "strict.json")]) == 0
+    assert main(["regress", "--bundle", str(bad), "--baseline", str(tmp_path / "strict.json"), "--json",
+                 str(out)]) == 1
+    checks = {c["metric"]: c["ok"] for c in json.loads(out.read_text())["checks"]}
+    assert checks == {"clip_score": False, "fid": True}
+    (tmp_path / "typo.json").write_text(json.dumps({**base, "metrics": {"fdi": {"max": 1}}}))
+    with pytest.raises(PocketdiffError, match="unknown metric 'fdi'"):
+        main(["--debug", "regress", "--bundle", str(good), "--baseline", str(tmp_path / "typo.json")])
