@@ -99,13 +99,13 @@ bench-decoder-sd15: venv
 	$(BIN)/pocketdiff bench compare arch=sd15,steps=50 arch=sd15,decoder_width=0.5,steps=50 --components vae_decoder \
 		--threads 2 --repeat 5 --json docs/sd15_decoder_benchmark.json --html docs/sd15_decoder_benchmark.html
 
-# The 8-step sampler on the toy teacher: CFG-aware progressive distillation 32 -> 16 -> 8 -> 4, the
+# The 8-step sampler on the toy teacher: CFG-aware progressive distillation 32 -> 16 -> 8, the
 # ablation without the CFG-aware term, and the guidance-embedded single-pass student; then the report.
 STEPS := build/steps
 STEPS_COMMON := --pipeline $(TEACHER)/pipeline --start-steps 32 --iters 1000 --batch-size 32 --lr 2e-4 \
 	--w-min 1.5 --w-max 3 --force
 steps-toy: venv
-	$(BIN)/pocketdiff distill-steps $(STEPS_COMMON) --rounds 3 --out $(STEPS)/cfg --workdir $(STEPS)/cfg.work
+	$(BIN)/pocketdiff distill-steps $(STEPS_COMMON) --rounds 2 --out $(STEPS)/cfg --workdir $(STEPS)/cfg.work
 	$(BIN)/pocketdiff distill-steps $(STEPS_COMMON) --rounds 2 --cfg-prob 0 --out $(STEPS)/vanilla \
 		--workdir $(STEPS)/vanilla.work
 	$(BIN)/pocketdiff distill-steps $(STEPS_COMMON) --rounds 2 --guidance-embed --cfg-prob 1 --out $(STEPS)/embed \

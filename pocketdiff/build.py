@@ -324,7 +324,7 @@ def _run_bench(ctx: Context) -> None:
 
 def evaluate(source: str | Path, steps: int, guidance: float, cfg: EvalStage, out: Path, bundle: bool,
              scheduler: str | None) -> dict:
-    """``pocketdiff eval`` on a pipeline folder or (``bundle``) a bundle's ONNX through the runtime."""
+    """``pocketdiff eval`` on a pipeline folder or (``bundle``) a bundle through the runtime (onnxruntime)."""
     from pocketdiff.benchmarks.quality import EvalModels, evaluate_images, image_grid, prompt_set, write_report
     from pocketdiff.generate import GenerateConfig, generate_many
     from pocketdiff.toyworld import TOY_TEACHER_DIR
@@ -332,10 +332,10 @@ def evaluate(source: str | Path, steps: int, guidance: float, cfg: EvalStage, ou
     gen = GenerateConfig(prompt="", steps=steps, guidance=guidance, seed=cfg.seed, scheduler=scheduler).validate()
     items = prompt_set(cfg.prompts, cfg.n, cfg.seed)
     images = generate_many([it.prompt for it in items], gen, pipeline_dir=None if bundle else source,
-                           onnx_dir=Path(source) / "onnx" if bundle else None)
+                           bundle_dir=source if bundle else None)
     result = evaluate_images(EvalModels.load(cfg.eval_models or TOY_TEACHER_DIR), items, images, seed=cfg.seed)
     result.update(prompts=cfg.prompts, seed=cfg.seed, steps=steps, guidance=guidance, scheduler=scheduler,
-                  source=str(Path(source) / "onnx" if bundle else source))
+                  source=str(source))
     write_report(result, out, image_grid(images[:64]))
     return result
 

@@ -285,10 +285,10 @@ def _cmd_eval(args) -> int:
     models = EvalModels.load(args.eval_models)
     with _Progress("generating", "img", args.no_progress) as progress:
         images = generate_many([it.prompt for it in items], cfg, pipeline_dir=args.pipeline, onnx_dir=args.onnx,
-                               callback=progress)
+                               bundle_dir=args.bundle, callback=progress)
     result = evaluate_images(models, items, images, seed=args.seed)
     result.update(prompts=args.prompts, seed=args.seed, steps=args.steps, guidance=args.guidance,
-                  scheduler=args.scheduler, source=str(args.pipeline or args.onnx))
+                  scheduler=args.scheduler, source=str(args.pipeline or args.onnx or args.bundle))
     write_report(result, args.out, image_grid(images[:64]))
     a = result["attributes"]
     print(f"FID {result['fid']:.2f}  CLIP {result['clip_score']:.2f}  attribute accuracy "
@@ -304,9 +304,10 @@ def _eval_real(args, cfg) -> int:
 
     inputs = check_real_eval_inputs(args.captions, args.reference_dir, args.clip_model, args.inception_weights,
                                     args.n)
-    images = generate_many(inputs.captions, cfg, pipeline_dir=args.pipeline, onnx_dir=args.onnx)
+    images = generate_many(inputs.captions, cfg, pipeline_dir=args.pipeline, onnx_dir=args.onnx,
+                           bundle_dir=args.bundle)
     result = {**evaluate_real(inputs, images), "seed": args.seed, "steps": args.steps, "guidance": args.guidance,
-              "scheduler": args.scheduler, "source": str(args.pipeline or args.onnx)}
+              "scheduler": args.scheduler, "source": str(args.pipeline or args.onnx or args.bundle)}
     write_report(result, args.out, image_grid(images[:16], cols=4, scale=1))
     print(f"FID (Inception) {result['fid_inception']:.2f}  CLIP {result['clip_score']:.2f} -> {args.out}")
     return 0
@@ -694,6 +695,7 @@ def build_parser() -> argparse.ArgumentParser:
     src = ev.add_mutually_exclusive_group(required=True)
     src.add_argument("--pipeline", help="diffusers pipeline folder (torch path)")
     src.add_argument("--onnx", help="exported ONNX folder (torch-free runtime)")
+    src.add_argument("--bundle", help="app bundle (torch-free runtime on its ONNX models, the manifest's scheduler)")
     ev.add_argument("--prompts", default="toy-val", help="prompt set; allowed: toy-val")
     ev.add_argument("--steps", type=int, default=50)
     ev.add_argument("--guidance", type=float, default=7.5)

@@ -132,7 +132,8 @@ def save_png(image: np.ndarray, out: str | Path) -> Path:
 
 def generate_many(prompts: list[str], cfg: GenerateConfig, pipeline_dir: str | Path | None = None,
                   onnx_dir: str | Path | None = None, batch_size: int = 64,
-                  callback: ProgressCallback | None = None, output: str = "image") -> np.ndarray:
+                  callback: ProgressCallback | None = None, output: str = "image",
+                  bundle_dir: str | Path | None = None) -> np.ndarray:
     """Images for many prompts; image i starts from the runtime RNG with seed ``cfg.seed + i``.
 
     The torch path batches prompts through diffusers; the runtime path runs one prompt at a time, as
@@ -143,10 +144,11 @@ def generate_many(prompts: list[str], cfg: GenerateConfig, pipeline_dir: str | P
     cfg.validate()
     if output not in ("image", "latent"):
         raise choice_error("generate_many output", output, ("image", "latent"))
-    if output == "latent" and onnx_dir is not None:
+    if output == "latent" and (onnx_dir or bundle_dir) is not None:
         raise PocketdiffError("output='latent' needs pipeline_dir (the torch path); the runtime returns images only")
-    if onnx_dir is not None:
-        pipe = RuntimePipeline.from_onnx_dir(onnx_dir)
+    if onnx_dir is not None or bundle_dir is not None:  # a bundle: its manifest's scheduler, onnxruntime
+        pipe = (RuntimePipeline.from_bundle(bundle_dir, "onnx") if bundle_dir is not None
+                else RuntimePipeline.from_onnx_dir(onnx_dir))
         out = []
         for i, p in enumerate(prompts):
             out.append(pipe.generate(p, steps=cfg.steps, guidance=cfg.guidance, seed=cfg.seed + i,

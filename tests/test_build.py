@@ -126,35 +126,40 @@ def test_tiny_build_killed_mid_stage_resumes_and_skips(tiny_pipeline_dir, tmp_pa
     assert read_history(work / "decoder")[-1].config["steps"] == 3
 
 
-def test_regression_gate_fails_on_a_degraded_bundle(tiny_pipeline_dir, tmp_path):
-    """The gate passes a bundle against bounds it meets and fails the same bundle with its decoder's
-    weights zeroed (exit 1, the regressed metrics named)."""
+def test_regression_gate_fails_on_a_degraded_bundle(tmp_path):
+    """The gate passes the shipped toy teacher's bundle against bounds set just below its own numbers, and
+    fails the same bundle with its decoder's weights zeroed (exit 1, the regressed metrics named)."""
     import torch
 
     from pocketdiff.cli import main
     from pocketdiff.export.bundle import ExportConfig, write_bundle
     from pocketdiff.pipedir import load_pipeline, read_history, write_pipeline
+    from pocketdiff.toyworld import TOY_TEACHER_DIR
 
-    good = write_bundle(tiny_pipeline_dir, tmp_path / "good", ExportConfig(targets=("onnx",), steps=3, guidance=2.0))
-    pipe = load_pipeline(tiny_pipeline_dir)
+    teacher = TOY_TEACHER_DIR / "pipeline"
+    export = ExportConfig(targets=("onnx",), steps=8, guidance=2.0, scheduler="ddim")
+    good = write_bundle(teacher, tmp_path / "good", export)
+    pipe = load_pipeline(teacher)
     with torch.no_grad():
         for p in pipe.vae.decoder.parameters():
             p.zero_()
-    write_pipeline(pipe, tmp_path / "zeroed", read_history(tiny_pipeline_dir))
-    bad = write_bundle(tmp_path / "zeroed", tmp_path / "bad", ExportConfig(targets=("onnx",), steps=3, guidance=2.0))
+    write_pipeline(pipe, tmp_path / "zeroed", read_history(teacher))
+    bad = write_bundle(tmp_path / "zeroed", tmp_path / "bad", export)
     out = tmp_path / "gate.json"
-    base = {"prompts": "toy-val", "n": 8, "seed": 0, "guidance": 2.0, "steps": None,
-            "metrics": {"clip_score": {"min": 0.0}, "fid": {"max": 1e9}}}
+    base = {"prompts": "toy-val", "n": 32, "seed": 0, "guidance": 2.0, "steps": None,
+            "metrics": {"fid": {"max": 1e9}, "attribute_accuracy": {"min": 0.0}}}
     (tmp_path / "base.json").write_text(json.dumps(base))
     assert main(["regress", "--bundle", str(good), "--baseline", str(tmp_path / "base.json"), "--json", str(out)]) == 0
-    good_clip = json.loads(out.read_text())["result"]["clip_score"]
-    strict = {**base, "metrics": {"clip_score": {"min": good_clip - 1e-3}, "fid": {"max": 1e9}}}
+    got = json.loads(out.read_text())["result"]
+    assert got["steps"] == 8 and got["attribute_accuracy"] > 0.3  # the teacher draws what it is asked
+    strict = {**base, "metrics": {"fid": {"max": got["fid"] * 1.05}, "attribute_accuracy":
+                                  {"min": got["attribute_accuracy"] - 0.05}, "clip_score": {"min": 0.0}}}
     (tmp_path / "strict.json").write_text(json.dumps(strict))
     assert main(["regress", "--bundle", str(good), "--baseline", str(tmp_path / "strict.json")]) == 0
     assert main(["regress", "--bundle", str(bad), "--baseline", str(tmp_path / "strict.json"), "--json",
                  str(out)]) == 1
     checks = {c["metric"]: c["ok"] for c in json.loads(out.read_text())["checks"]}
-    assert checks == {"clip_score": False, "fid": True}
+    assert checks == {"fid": False, "attribute_accuracy": False, "clip_score": True}
     (tmp_path / "typo.json").write_text(json.dumps({**base, "metrics": {"fdi": {"max": 1}}}))
     with pytest.raises(PocketdiffError, match="unknown metric 'fdi'"):
         main(["--debug", "regress", "--bundle", str(good), "--baseline", str(tmp_path / "typo.json")])

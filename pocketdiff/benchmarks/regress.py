@@ -8,7 +8,7 @@ what it must reach::
      "reference": {...the figures the bounds were set from, for the reader...}}
 
 ``steps: null`` means the bundle's own default steps. The bundle is evaluated through the torch-free
-runtime on its ONNX models, as ``pocketdiff eval --onnx`` would; every metric outside its bound is a
+runtime on its ONNX models with the manifest's scheduler, as ``pocketdiff eval --bundle`` does; every metric outside its bound is a
 regression, and the gate fails (exit 1) with a table of them.
 """
 
@@ -87,7 +87,7 @@ def regress(bundle: str | Path, baseline_path: str | Path, eval_models: str | Pa
     steps = b.get("steps") or manifest["defaults"]["steps"]
     cfg = GenerateConfig(prompt="", steps=steps, guidance=b["guidance"], seed=b["seed"]).validate()
     items = prompt_set(b["prompts"], b["n"], b["seed"])
-    images = generate_many([it.prompt for it in items], cfg, onnx_dir=Path(bundle) / "onnx")
+    images = generate_many([it.prompt for it in items], cfg, bundle_dir=bundle)
     result = evaluate_images(EvalModels.load(eval_models or TOY_TEACHER_DIR), items, images, seed=b["seed"])
     result.update(prompts=b["prompts"], seed=b["seed"], steps=steps, guidance=b["guidance"], source=str(bundle))
     checks = check(metric_values(result), b)

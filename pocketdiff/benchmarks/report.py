@@ -212,7 +212,7 @@ def write_build_report(ctx) -> Path:
                                                                    scheduler=r.eval.teacher_scheduler),
                                 pipeline_dir=ctx.teacher)
         student = generate_many(list(DEMO_PROMPTS), GenerateConfig("", steps=student_steps, guidance=g, seed=0),
-                                onnx_dir=ctx.student_bundle() / "onnx")
+                                bundle_dir=ctx.student_bundle())
         from pocketdiff.benchmarks.quality import image_grid
 
         grid = image_grid(np.concatenate([teacher, student]), cols=len(DEMO_PROMPTS), scale=4)
