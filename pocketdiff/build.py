@@ -306,8 +306,9 @@ def _run_export(ctx: Context) -> None:
     write_bundle(student, ctx.student_bundle(), ExportConfig(targets=cfg.targets, precision=cfg.precision,
                                                              quantize=cfg.quantize, steps=_student_steps(ctx, student),
                                                              guidance=cfg.guidance), overwrite=True)
-    write_bundle(ctx.teacher, ctx.teacher_bundle(), ExportConfig(targets=("onnx",), steps=ctx.recipe.bench.teacher_steps,
-                                                                 guidance=cfg.guidance), overwrite=True)
+    if "bench" in ctx.recipe.stages:  # the teacher side of the comparison
+        write_bundle(ctx.teacher, ctx.teacher_bundle(), ExportConfig(targets=("onnx",), guidance=cfg.guidance,
+                                                                     steps=ctx.recipe.bench.teacher_steps), overwrite=True)
 
 
 def _run_bench(ctx: Context) -> None:
@@ -368,7 +369,8 @@ _REGISTRY = (
     Stage("slim", _run_slim, lambda r: asdict(r.slim)),
     Stage("decoder", _run_decoder, lambda r: asdict(r.decoder)),
     Stage("steps", _run_steps, lambda r: asdict(r.steps)),
-    Stage("export", _run_export, lambda r: {**asdict(r.export), "teacher_steps": r.bench.teacher_steps}),
+    Stage("export", _run_export, lambda r: {**asdict(r.export), "teacher_steps": r.bench.teacher_steps,
+                                            "teacher_bundle": "bench" in r.stages}),
     Stage("bench", _run_bench, lambda r: asdict(r.bench)),
     Stage("eval", _run_eval, lambda r: asdict(r.eval)),
     Stage("report", _run_report, lambda r: asdict(r.report)),
