@@ -145,10 +145,11 @@ def render(r: dict, out: Path) -> str:
         lines.append(f"| {x['model']} | {x['steps']} | {x['unet_evals_per_image']} | {q['fid']:.3f} | "
                      f"{q['clip_score']:.2f} | {q['attribute_accuracy']:.3f} | {q['accuracy_val']:.3f} | "
                      f"{q['accuracy_heldout']:.3f} |")
-    lines += ["", "Students: `cfg` = CFG-aware distillation; `vanilla` = the same without the CFG-aware term "
-              "(`--cfg-prob 0`, the ablation); `embed` = the guidance-embedded single-pass student "
-              "(`--guidance-embed --cfg-prob 1`).", "", "| student | round | cfg_prob | w range | iterations × batch | lr |",
-              "|---|---|---|---|---|---|"]
+    what = {"cfg": "CFG-aware distillation", "vanilla": "the same without the CFG-aware term (`--cfg-prob 0`, the "
+            "ablation)", "embed": "the guidance-embedded single-pass student (`--guidance-embed --cfg-prob 1`)"}
+    present = [m for m in dict.fromkeys(x["model"] for x in r["rows"]) if m != "teacher"]
+    lines += ["", "Students: " + "; ".join(f"`{m}` = {what.get(m, m)}" for m in present) + ".", "",
+              "| student | round | cfg_prob | w range | iterations × batch | lr |", "|---|---|---|---|---|---|"]
     for x in r["rows"]:
         if "config" in x:
             c = x["config"]
