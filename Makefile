@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 QUIET_PIP := { grep -v "^WARNING: Location '.*' is ignored" || true; }
 DEMO := build/demo
 
-.PHONY: venv test test-slow demo teacher baseline export-bench bench-sd15 slim-toy bench-slim-sd15 decoder-toy bench-decoder-sd15 steps-toy clean
+.PHONY: venv test test-slow demo regress-demo toy-full teacher baseline export-bench bench-sd15 slim-toy bench-slim-sd15 decoder-toy bench-decoder-sd15 steps-toy clean
 
 venv: $(STAMP)
 
@@ -25,18 +25,25 @@ test: venv
 test-slow: venv
 	$(BIN)/python -m pytest -q -m slow --durations=0 -s
 
-# The main job on the shipped toy teacher: a sample grid and a quick eval as one HTML page; the
-# teacher exported as an app bundle (ONNX, Core ML, ExecuTorch, parity-checked); one image from the
-# bundle through the torch-free runtime on onnxruntime and on ExecuTorch.
+# The main job: `pocketdiff build` with the quick recipe on the shipped toy teacher (slim UNet -> TAESD-style
+# decoder -> 8-step CFG-aware student -> ONNX/Core ML/ExecuTorch bundle -> bench -> eval -> one HTML report),
+# about 9 min on 2 cores; a rerun skips finished stages. Then one image from the student bundle on ExecuTorch.
 TEACHER := pocketdiff/toyworld/assets
 PROMPT := a small red circle in the top left on a grey background
 demo: venv
-	$(BIN)/pocketdiff toy demo --out $(DEMO)
-	$(BIN)/pocketdiff export --pipeline $(TEACHER)/pipeline --out $(DEMO)/bundle --targets onnx,coreml,executorch \
-		--steps 25 --guidance 2 --scheduler ddim --force
-	$(BIN)/pocketdiff generate --bundle $(DEMO)/bundle --backend onnx "$(PROMPT)" --steps 25 --guidance 2 --out $(DEMO)/runtime_onnx.png
-	$(BIN)/pocketdiff generate --bundle $(DEMO)/bundle --backend executorch "$(PROMPT)" --steps 25 --guidance 2 --out $(DEMO)/runtime_executorch.png
-	@echo "demo report: $(DEMO)/index.html; app bundle: $(DEMO)/bundle; runtime samples: $(DEMO)/runtime_*.png"
+	$(BIN)/pocketdiff build --teacher $(TEACHER)/pipeline --recipe recipes/toy.toml --out $(DEMO)
+	$(BIN)/pocketdiff generate --bundle $(DEMO)/export/student --backend executorch "$(PROMPT)" --guidance 2 \
+		--out $(DEMO)/student_executorch.png
+	@echo "demo report: $(DEMO)/report/index.html; student app bundle: $(DEMO)/export/student"
+
+# The quality gate on a quick build (what CI runs after make test): make demo's student against its own, looser
+# baseline. The shipped student's gate runs inside make test (tests/test_shipped_student.py).
+regress-demo: demo
+	$(BIN)/pocketdiff regress --bundle $(DEMO)/export/student --baseline benchmarks/baselines/toy_quick.json
+
+# The shipped student bundle (pocketdiff/toyworld/assets/student): recipes/toy-full.toml, about 1 h 45 min.
+toy-full: venv
+	$(BIN)/pocketdiff build --teacher $(TEACHER)/pipeline --recipe recipes/toy-full.toml --out build/toy-full
 
 # Rebuild the toy teacher from scratch (resumable; see README for the wall time), and its docs tables.
 teacher: venv

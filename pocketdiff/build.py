@@ -43,6 +43,7 @@ from pocketdiff.errors import PocketdiffError, choice_error
 log = logging.getLogger(__name__)
 BUILD_FILE = "build.json"
 STEP_TEACHERS = ("original", "input")
+EVAL_STUDENT = ("bundle", "pipeline")
 
 
 @dataclass
@@ -85,7 +86,30 @@ class EvalStage:
     teacher_steps: int = 50
     teacher_scheduler: str = "ddim"
     guidance: float = 7.5
+    student: str = "bundle"  # EVAL_STUDENT: the app bundle (runtime) or the pipeline it came from (diffusers)
     eval_models: str = ""  # the toy eval models' folder (default: the shipped toy teacher's)
+    # A real checkpoint (COCO-30K protocol, `pocketdiff eval --captions`): set all four; prompts is then unused
+    captions: str = ""  # text file, one caption per line (the first n are used)
+    reference_dir: str = ""  # reference images for Inception FID
+    clip_model: str = ""  # a local transformers CLIP folder for the CLIP score
+    inception_weights: str = ""  # torch-fidelity's weights-inception-2015-12-05-6726825d.pth
+
+    @property
+    def real(self) -> bool:
+        return bool(self.captions)
+
+    def check_real_inputs(self):
+        """The real protocol's files, checked before a build starts (None on the toy protocol)."""
+        from pocketdiff.benchmarks.quality import check_real_eval_inputs
+
+        if not self.real:
+            return None
+        missing = [k for k in ("reference_dir", "clip_model", "inception_weights") if not getattr(self, k)]
+        if missing:
+            raise PocketdiffError(f"recipe [eval]: captions is set (the real-checkpoint protocol), so "
+                                  f"{', '.join(missing)} must be set too")
+        return check_real_eval_inputs(self.captions, self.reference_dir, self.clip_model,
+                                      self.inception_weights or None, self.n)
 
 
 @dataclass
@@ -127,6 +151,8 @@ class Recipe:
             if self.steps.teacher not in STEP_TEACHERS:
                 raise choice_error("steps.teacher", self.steps.teacher, STEP_TEACHERS)
             self.steps.distill.validate()
+        if self.eval.student not in EVAL_STUDENT:
+            raise choice_error("eval.student", self.eval.student, EVAL_STUDENT)
         return self
 
 
@@ -325,18 +351,27 @@ def _run_bench(ctx: Context) -> None:
 
 def evaluate(source: str | Path, steps: int, guidance: float, cfg: EvalStage, out: Path, bundle: bool,
              scheduler: str | None) -> dict:
-    """``pocketdiff eval`` on a pipeline folder or (``bundle``) a bundle through the runtime (onnxruntime)."""
-    from pocketdiff.benchmarks.quality import EvalModels, evaluate_images, image_grid, prompt_set, write_report
+    """``pocketdiff eval`` on a pipeline folder or (``bundle``) a bundle through the runtime (onnxruntime):
+    the toy protocol (prompt set, toy FID/CLIP, attribute checker), or with ``cfg.captions`` the real one
+    (captions, Inception FID against reference images, CLIP score with a local CLIP)."""
+    from pocketdiff.benchmarks.quality import (EvalModels, evaluate_images, evaluate_real, image_grid, prompt_set,
+                                               write_report)
     from pocketdiff.generate import GenerateConfig, generate_many
     from pocketdiff.toyworld import TOY_TEACHER_DIR
 
     gen = GenerateConfig(prompt="", steps=steps, guidance=guidance, seed=cfg.seed, scheduler=scheduler).validate()
-    items = prompt_set(cfg.prompts, cfg.n, cfg.seed)
-    images = generate_many([it.prompt for it in items], gen, pipeline_dir=None if bundle else source,
-                           bundle_dir=source if bundle else None)
-    result = evaluate_images(EvalModels.load(cfg.eval_models or TOY_TEACHER_DIR), items, images, seed=cfg.seed)
-    result.update(prompts=cfg.prompts, seed=cfg.seed, steps=steps, guidance=guidance, scheduler=scheduler,
-                  source=str(source))
+    where = {"pipeline_dir": None if bundle else source, "bundle_dir": source if bundle else None}
+    if cfg.real:
+        inputs = cfg.check_real_inputs()
+        images = generate_many(inputs.captions, gen, **where)  # the first n captions
+        result = evaluate_real(inputs, images)
+        result.update(prompts=cfg.captions)
+    else:
+        items = prompt_set(cfg.prompts, cfg.n, cfg.seed)
+        images = generate_many([it.prompt for it in items], gen, **where)
+        result = evaluate_images(EvalModels.load(cfg.eval_models or TOY_TEACHER_DIR), items, images, seed=cfg.seed)
+        result.update(prompts=cfg.prompts)
+    result.update(seed=cfg.seed, steps=steps, guidance=guidance, scheduler=scheduler, source=str(source))
     write_report(result, out, image_grid(images[:64]))
     return result
 
@@ -348,7 +383,11 @@ def _run_eval(ctx: Context) -> None:
     evaluate(ctx.teacher, cfg.teacher_steps, cfg.guidance, cfg, out / "teacher.json", bundle=False,
              scheduler=cfg.teacher_scheduler)
     steps = json.loads((ctx.student_bundle() / "manifest.json").read_text())["defaults"]["steps"]
-    evaluate(ctx.student_bundle(), steps, cfg.guidance, cfg, out / "student.json", bundle=True, scheduler=None)
+    if cfg.student == "bundle":  # the app bundle on the torch-free runtime (onnxruntime, CPU)
+        evaluate(ctx.student_bundle(), steps, cfg.guidance, cfg, out / "student.json", bundle=True, scheduler=None)
+    else:  # the student pipeline the bundle was exported from, in diffusers (its own scheduler; GPU if any)
+        evaluate(ctx.pipeline_before("export"), steps, cfg.guidance, cfg, out / "student.json", bundle=False,
+                 scheduler=None)
 
 
 def _run_report(ctx: Context) -> None:
@@ -390,6 +429,8 @@ def build(teacher: str | Path, recipe: Recipe, workdir: str | Path, from_stage: 
             raise PocketdiffError(f"{name} {value!r} is not a stage of this recipe; its stages: "
                                   f"{', '.join(recipe.stages)}")
     inspect_pipeline(teacher)  # a bad teacher fails before anything is written
+    if "eval" in recipe.stages:
+        recipe.eval.check_real_inputs()  # so do the real eval protocol's missing files
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     ctx = Context(Path(teacher), workdir, recipe, progress, stop_after)

@@ -167,3 +167,22 @@ def test_guidance_embedded_student_runs_one_unet_call_per_step(tiny_pipeline_dir
     a = sess.run({**feeds_a, "timestep_cond": guidance_scale_embedding(1.0, 16)})["out_sample"]
     b = sess.run({**feeds_a, "timestep_cond": guidance_scale_embedding(5.0, 16)})["out_sample"]
     assert not np.allclose(a, b)  # the trained w projection is live in the exported graph
+    # bench compare composes its end-to-end figure from one batch-1 UNet call per step, not the CFG pair
+    from pocketdiff.benchmarks.compare import Side, _e2e
+
+    side = Side("bundle", bundle, "onnx", 8, 2.0)
+    assert side.w_embedded and not side.cfg and "w-embedded" in side.label
+    assert not Side("pipeline", tiny_pipeline_dir, "torch", 8, 2.0).w_embedded
+    ms = {("text_encoder", 1): 1.0, ("unet", 1): 10.0, ("unet", 2): 15.0, ("vae_decoder", 1): 2.0}
+    assert _e2e(side, ms)["e2e_ms"] == 1.0 + 8 * 10.0 + 2.0
+
+
+def test_v_warmup_round_runs_before_the_halving_rounds(tiny_pipeline_dir, tmp_path):
+    from pocketdiff.distill.steps import distill_steps, student_steps
+    from pocketdiff.pipedir import read_history
+
+    out = distill_steps(tiny_pipeline_dir, tmp_path / "out", replace(SMOKE, rounds=1, iters=1, v_warmup_iters=2),
+                        tmp_path / "work", progress=False)
+    assert student_steps(out) == 2
+    rounds = read_history(out)[-1].config["rounds"]
+    assert list(rounds)[0] in ("v-warmup", "round0") and rounds[list(rounds)[0]]["steps"] == 2

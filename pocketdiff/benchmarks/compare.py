@@ -55,18 +55,36 @@ class Side:
     backend: str
     steps: int
     guidance: float
+    w_embedded: bool | None = None  # a guidance-embedded UNet (one batch-1 pass per step); None: read it from path
+
+    def __post_init__(self):
+        if self.w_embedded is None:
+            object.__setattr__(self, "w_embedded", guidance_embedded(self.kind, self.path, self.backend))
 
     @property
     def cfg(self) -> bool:
-        return self.guidance > 1.0
+        """Two UNet passes per step (one batch-2 call): guidance > 1 on a UNet without a w-embedding."""
+        return self.guidance > 1.0 and not self.w_embedded
 
     @property
     def label(self) -> str:
-        return f"{self.path.name}[{BACKEND_LABELS[self.backend]}, {self.steps} steps{', CFG' if self.cfg else ''}]"
+        mode = ", CFG" if self.cfg else ", w-embedded" if self.w_embedded and self.guidance > 1.0 else ""
+        return f"{self.path.name}[{BACKEND_LABELS[self.backend]}, {self.steps} steps{mode}]"
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "path": str(self.path), "backend": self.backend, "steps": self.steps,
-                "guidance": self.guidance, "label": self.label}
+                "guidance": self.guidance, "w_embedded": self.w_embedded, "label": self.label}
+
+
+def guidance_embedded(kind: str, path: Path, backend: str) -> bool:
+    """Whether a pipeline folder's or bundle's UNet takes a guidance-scale embedding (``timestep_cond``)."""
+    if kind == "pipeline":
+        from pocketdiff.pipedir import inspect_pipeline
+
+        return bool(inspect_pipeline(path).unet_config.get("time_cond_proj_dim"))
+    from pocketdiff.runtime.bundle import load_bundle
+
+    return any(i["name"] == "timestep_cond" for i in load_bundle(path).component("unet", backend).inputs)
 
 
 def parse_side(text: str) -> Side:

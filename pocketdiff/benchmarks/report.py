@@ -223,11 +223,16 @@ def write_build_report(ctx) -> Path:
                          f"runtime (onnxruntime). Guidance {g}; image i has seed i.</p><ol>{prompts}</ol>"
                          f"<img src='{png_data_uri(grid)}'>"))
     if evals:
-        rows = [{"model": n, "steps": e["steps"], "FID": e["fid"], "CLIP score": e["clip_score"],
-                 "attribute accuracy": e["attribute_accuracy"],
-                 "accuracy (held-out)": e["attributes"].get("split=heldout", {}).get("all", "-"), "source": e["source"]}
-                for n, e in evals.items()]
-        sections.append((f"Quality ({r.eval.prompts}, n={r.eval.n}, seed {r.eval.seed}; eval/*.json)",
+        if r.eval.real:  # the real-checkpoint protocol: Inception FID and CLIP score
+            rows = [{"model": n, "steps": e["steps"], "FID (Inception)": e["fid_inception"],
+                     "CLIP score": e["clip_score"], "source": e["source"]} for n, e in evals.items()]
+        else:
+            rows = [{"model": n, "steps": e["steps"], "FID": e["fid"], "CLIP score": e["clip_score"],
+                     "attribute accuracy": e["attribute_accuracy"],
+                     "accuracy (held-out)": e["attributes"].get("split=heldout", {}).get("all", "-"),
+                     "source": e["source"]} for n, e in evals.items()]
+        prompts = r.eval.captions if r.eval.real else r.eval.prompts
+        sections.append((f"Quality ({prompts}, n={r.eval.n}, seed {r.eval.seed}; eval/*.json)",
                          table_html(rows, list(rows[0]))))
     if (w / "bench" / "compare.json").is_file():
         res = read_json(w / "bench" / "compare.json")

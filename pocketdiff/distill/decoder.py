@@ -52,13 +52,13 @@ class DecoderDistillConfig:
     guidance: float = 7.5
     gen_batch: int = 64
     n_encoded: int = 2000  # VAE-encoded real samples (0: none)
-    data: str = "toyworld"  # prompt and image source (distill.kd.DATA_SOURCES)
+    data: str = "toyworld"  # prompt and image source (distill.data.DATA_SOURCES)
     checkpoint_every: int = 500
     seed: int = 0
 
     def validate(self) -> "DecoderDistillConfig":
         from pocketdiff.architectures.decoder import DECODER_KINDS
-        from pocketdiff.distill.kd import DATA_SOURCES
+        from pocketdiff.distill.data import check_data_source
 
         if self.kind not in DECODER_KINDS:
             raise choice_error("decoder kind", self.kind, DECODER_KINDS)
@@ -67,8 +67,7 @@ class DecoderDistillConfig:
         if self.perceptual == "clip" and not (Path(self.perceptual_model) / "config.json").is_file():
             raise PocketdiffError(f"perceptual='clip' needs perceptual_model, a local CLIPModel folder with "
                                   f"config.json; got {self.perceptual_model!r}")
-        if self.data not in DATA_SOURCES:
-            raise choice_error("decoder distillation data source", self.data, DATA_SOURCES)
+        check_data_source(self.data, "decoder distillation data source")
         if self.lr_schedule not in LR_SCHEDULES:
             raise choice_error("learning-rate schedule", self.lr_schedule, LR_SCHEDULES)
         if not 0.0 < self.width <= 1.0:
@@ -119,7 +118,7 @@ def latent_cache(pipe, pipeline_dir, cfg: DecoderDistillConfig, workdir: Path, p
 
     from pocketdiff.distill.kd import encoded_pool
     from pocketdiff.pipedir import atomic_output_file
-    from pocketdiff.toyworld.world import batch
+    from pocketdiff.distill.data import captioned_samples
 
     file, meta = workdir / "latents.safetensors", workdir / "latents.json"
     want = _fingerprint(pipeline_dir, cfg)
@@ -127,7 +126,7 @@ def latent_cache(pipe, pipeline_dir, cfg: DecoderDistillConfig, workdir: Path, p
         return load_file(str(file))["latents"], True
     parts = []
     if cfg.n_generated:
-        prompts = [s.caption for s in batch(cfg.seed + 202, cfg.n_generated, "train")]
+        prompts = captioned_samples(cfg.data, cfg.n_generated, cfg.seed + 202).captions
         parts.append(generate_latents(pipe, prompts, cfg.gen_steps, cfg.guidance, cfg.seed, cfg.gen_batch, progress))
     if cfg.n_encoded:
         parts.append(encoded_pool(pipe, cfg.data, cfg.n_encoded, cfg.seed + 303)[0])

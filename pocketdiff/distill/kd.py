@@ -13,9 +13,8 @@ three loss terms, each weighted and logged separately (BK-SDM style):
 The student is an :class:`~pocketdiff.architectures.elastic_unet.ElasticUNet`. Each step it runs with
 ``fixed_skip`` (blocks already removed) plus every other skippable block dropped with probability
 ``skip_prob``. The skip set is drawn from a generator seeded by the step, so a resumed run sees the
-same sets. Data: captioned images from a named source (``DATA_SOURCES``), encoded once with the
-pipeline's own VAE and tokenizer. The one source so far is the toy world; a real checkpoint needs a
-captioned image folder, which is not built yet.
+same sets. Data: captioned images from a source of ``distill.data`` (the toy world, or an image folder
+with captions for a real checkpoint), encoded once with the pipeline's own VAE and tokenizer.
 """
 
 from __future__ import annotations
@@ -26,9 +25,9 @@ from typing import Collection
 import torch
 import torch.nn.functional as F
 
-from pocketdiff.errors import PocketdiffError, choice_error
+from pocketdiff.distill.data import check_data_source
+from pocketdiff.errors import PocketdiffError
 
-DATA_SOURCES = ("toyworld",)
 
 
 @dataclass
@@ -55,34 +54,32 @@ class KDTrainConfig:
         if self.lr <= 0 or min(self.w_denoise, self.w_out_kd, self.w_feat_kd) < 0:
             raise PocketdiffError(f"lr must be > 0 and loss weights >= 0; got lr {self.lr}, weights "
                                   f"{self.w_denoise}, {self.w_out_kd}, {self.w_feat_kd}")
-        if self.data not in DATA_SOURCES:
-            raise choice_error("KD training data source", self.data, DATA_SOURCES)
+        check_data_source(self.data, "KD training data source")
         return self
 
 
 def encoded_pool(pipe, data: str, n: int, seed: int, split: str = "train"
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(latents [N, C, h, w] scaled, token ids [N, 77], empty-prompt ids [77]) of ``n`` samples of ``data``."""
-    import numpy as np
+    """(latents [N, C, h, w] scaled, token ids [N, 77], empty-prompt ids [77]) of ``n`` samples of ``data``
+    (a source of ``distill.data``), encoded 64 images at a time."""
+    from pocketdiff.distill.data import captioned_samples
 
-    from pocketdiff.toyworld.world import batch
-
-    if data not in DATA_SOURCES:
-        raise choice_error("KD training data source", data, DATA_SOURCES)
-    samples = batch(seed + 101, n, split)
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
-    images = torch.from_numpy(np.stack([s.image for s in samples])).permute(0, 3, 1, 2).float() / 127.5 - 1
-    if images.shape[-1] != size:
-        images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+    drawn = captioned_samples(data, n, seed + 101, split, size=size)
+    chunks = []
     with torch.no_grad():
-        latents = torch.cat([pipe.vae.encode(images[i:i + 256]).latent_dist.mean
-                             for i in range(0, len(images), 256)]) * pipe.vae.config.scaling_factor
+        for i in range(0, n, 64):
+            images = torch.from_numpy(drawn.images(i, i + 64)).permute(0, 3, 1, 2).float() / 127.5 - 1
+            if images.shape[-1] != size:
+                images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
+            chunks.append(pipe.vae.encode(images).latent_dist.mean)
+    latents = torch.cat(chunks) * pipe.vae.config.scaling_factor
 
     def ids(texts):
         return pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
                               truncation=True, return_tensors="pt").input_ids
 
-    return latents, ids([s.caption for s in samples]), ids([""])[0]
+    return latents, ids(drawn.captions), ids([""])[0]
 
 
 class FeatureTap:

@@ -61,12 +61,12 @@ class StepDistillConfig:
     embed_dim: int = 256  # guidance_embed: width of the w embedding
     caption_dropout: float = 0.1  # vanilla samples whose caption is replaced by "" (keeps the uncond branch)
     pool_size: int = 4000
-    data: str = "toyworld"  # distill.kd.DATA_SOURCES
+    data: str = "toyworld"  # distill.data.DATA_SOURCES
     checkpoint_every: int = 200
     seed: int = 0
 
     def validate(self) -> "StepDistillConfig":
-        from pocketdiff.distill.kd import DATA_SOURCES
+        from pocketdiff.distill.data import check_data_source
 
         if self.rounds < 1 or self.start_steps < 2 ** self.rounds or self.start_steps % 2 ** self.rounds:
             raise PocketdiffError(f"start_steps must be divisible by 2**rounds (each round halves it); got "
@@ -83,8 +83,7 @@ class StepDistillConfig:
             raise PocketdiffError(f"the CFG range needs 1 <= w_min <= w_max; got [{self.w_min}, {self.w_max}]")
         if self.lr <= 0:
             raise PocketdiffError(f"lr must be > 0, got {self.lr}")
-        if self.data not in DATA_SOURCES:
-            raise choice_error("step distillation data source", self.data, DATA_SOURCES)
+        check_data_source(self.data, "step distillation data source")
         return self
 
 
