@@ -241,7 +241,11 @@ class BuildRecord:
         return self.data["stages"].get(stage, {})
 
     def put(self, stage: str, **entry) -> None:
+        from pocketdiff.distributed import is_main_process
+
         self.data["stages"][stage] = entry
+        if not is_main_process():
+            return
         tmp = self.file.with_suffix(".tmp")
         tmp.write_text(json.dumps(self.data, indent=1) + "\n")
         tmp.replace(self.file)
@@ -285,12 +289,15 @@ def _run_slim(ctx: Context) -> None:
     from pocketdiff.distill.slim_finetune import slim_finetune
     from pocketdiff.pipedir import load_pipeline
 
+    from pocketdiff.distributed import barrier, is_main_process
+
     cfg, work, source = ctx.recipe.slim, ctx.work("slim"), ctx.pipeline_before("slim")
     work.mkdir(parents=True, exist_ok=True)
     table, key = work / "latency.json", target_key(cfg.backend, cfg.threads)
-    if not table.is_file():
+    if not table.is_file() and is_main_process():  # measured once, by the main process alone
         t = measure_block_latency(load_pipeline(source).unet, 2, cfg.backend, cfg.threads, 3, cfg.repeat)
         write_latency_table(table, key, t, machine_info(cfg.threads))
+    barrier()
     if not (work / "robust").is_dir():
         robust_train(source, work / "robust", cfg.robust, work / "robust.work", stop_after=ctx.stop_after,
                      progress=ctx.progress)
@@ -401,13 +408,14 @@ class Stage:
     name: str
     run: Callable[[Context], None]
     config: Callable[[Recipe], Any]  # the part of the recipe that keys this stage
+    every_process: bool = False  # a training stage: every launched process runs it (else the main one alone)
 
 
 # The one registry of build stages, in the order they run.
 _REGISTRY = (
-    Stage("slim", _run_slim, lambda r: asdict(r.slim)),
-    Stage("decoder", _run_decoder, lambda r: asdict(r.decoder)),
-    Stage("steps", _run_steps, lambda r: asdict(r.steps)),
+    Stage("slim", _run_slim, lambda r: asdict(r.slim), every_process=True),
+    Stage("decoder", _run_decoder, lambda r: asdict(r.decoder), every_process=True),
+    Stage("steps", _run_steps, lambda r: asdict(r.steps), every_process=True),
     Stage("export", _run_export, lambda r: {**asdict(r.export), "teacher_steps": r.bench.teacher_steps,
                                             "teacher_bundle": "bench" in r.stages}),
     Stage("bench", _run_bench, lambda r: asdict(r.bench)),
@@ -433,8 +441,11 @@ def build(teacher: str | Path, recipe: Recipe, workdir: str | Path, from_stage: 
         recipe.eval.check_real_inputs()  # so do the real eval protocol's missing files
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
+    from pocketdiff.distributed import barrier, finish, is_main_process
+
     ctx = Context(Path(teacher), workdir, recipe, progress, stop_after)
-    record = BuildRecord(workdir)
+    record = BuildRecord(workdir)  # every process reads it before the main process changes it
+    barrier()
     key = tree_hash(teacher)
     redo = False
     ran = {}
@@ -448,16 +459,27 @@ def build(teacher: str | Path, recipe: Recipe, workdir: str | Path, from_stage: 
             ran[name] = "skipped"
         else:
             if redo or (prev and prev.get("key") != key):  # another config or input: start this stage afresh
-                for p in (ctx.out(name), ctx.work(name)):
-                    shutil.rmtree(p, ignore_errors=True)
+                if is_main_process():
+                    for p in (ctx.out(name), ctx.work(name)):
+                        shutil.rmtree(p, ignore_errors=True)
+                barrier()
                 redo = True
             resumed = prev.get("key") == key and prev.get("status") == "running"
             log.info("build: %s stage %s", "resuming" if resumed else "running", name)
             record.put(name, key=key, status="running")
             t0 = time.perf_counter()
-            stage.run(ctx)
+            if stage.every_process:
+                stage.run(ctx)
+                barrier()  # the next stage reads what this one wrote
+            elif is_main_process():  # (the training stages come first: the others have stopped by now)
+                stage.run(ctx)
             record.put(name, key=key, status="done", wall_time_s=round(time.perf_counter() - t0, 1))
             ran[name] = "resumed" if resumed else "ran"
         if name == until:
             break
+        later = recipe.stages[recipe.stages.index(name) + 1:]
+        if not any(stages[n].every_process for n in later):
+            finish()  # the main process alone exports, benchmarks, evaluates and reports
+            if not is_main_process():
+                break
     return {"workdir": str(workdir), "stages": ran, "record": record.data}

@@ -367,6 +367,10 @@ def _cmd_build(args) -> int:
     recipe = load_recipe(args.recipe, args.set or [])
     res = build(args.teacher, recipe, args.out, from_stage=args.from_stage, until=args.until,
                 progress=not args.no_progress)
+    from pocketdiff.distributed import is_main_process
+
+    if not is_main_process():  # (accelerate launch: the other processes stop after the training stages)
+        return 0
     for name, what in res["stages"].items():
         print(f"  {name:<8} {what}")
     report = Path(args.out) / "report" / "index.html"

@@ -6,7 +6,8 @@ history: one record per stage with its name, config, metrics, wall time and pack
 
 Validation (:func:`inspect_pipeline`) reads only JSON and safetensors headers, so it is cheap and
 runs before any weights load. All writes go to a temporary sibling folder that is renamed into
-place at the end (:func:`atomic_output_dir`): a killed writer leaves no half pipeline behind.
+place at the end (:func:`atomic_output_dir`): a killed writer leaves no half pipeline behind. Under a
+multi-process launch only the main process writes (``pocketdiff.distributed``).
 """
 
 from __future__ import annotations
@@ -192,7 +193,18 @@ def atomic_output_dir(out_dir: str | Path, overwrite: bool = False) -> Iterator[
     An existing ``out_dir`` is an error unless ``overwrite``; then it is replaced only after the new
     folder is complete.
     """
+    from pocketdiff.distributed import is_main_process
+
     out_dir = Path(out_dir)
+    if not is_main_process():  # only the main process writes (pocketdiff.distributed)
+        import tempfile
+
+        scratch = Path(tempfile.mkdtemp(prefix="pocketdiff-rank-"))
+        try:
+            yield scratch
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return
     if out_dir.exists() and not overwrite:
         raise PocketdiffError(f"output folder {out_dir} already exists; pass --force to replace it")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -216,7 +228,18 @@ def atomic_output_dir(out_dir: str | Path, overwrite: bool = False) -> Iterator[
 @contextlib.contextmanager
 def atomic_output_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling path; ``os.replace`` it onto ``path`` only if the block succeeds."""
+    from pocketdiff.distributed import is_main_process
+
     path = Path(path)
+    if not is_main_process():  # only the main process writes (pocketdiff.distributed)
+        import tempfile
+
+        scratch = Path(tempfile.mkdtemp(prefix="pocketdiff-rank-"))
+        try:
+            yield scratch / path.name
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".{path.stem}.tmp-{os.getpid()}{path.suffix}"
     try:
@@ -227,8 +250,14 @@ def atomic_output_file(path: str | Path) -> Iterator[Path]:
 
 
 def write_pipeline(pipe, out_dir: str | Path, history: list[StageRecord], overwrite: bool = False) -> Path:
-    """Save a diffusers pipeline plus ``pocketdiff.json`` atomically. Returns ``out_dir``."""
+    """Save a diffusers pipeline plus ``pocketdiff.json`` atomically. Returns ``out_dir``.
+
+    Under a multi-process launch every process calls it (the training stages do): the main process
+    writes, and all return once the folder is in place, so any of them may read it next."""
+    from pocketdiff.distributed import barrier
+
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         pipe.save_pretrained(str(tmp), safe_serialization=True)
         write_history(tmp, history)
+    barrier()
     return Path(out_dir)

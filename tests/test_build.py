@@ -163,3 +163,32 @@ def test_regression_gate_fails_on_a_degraded_bundle(tmp_path):
     (tmp_path / "typo.json").write_text(json.dumps({**base, "metrics": {"fdi": {"max": 1}}}))
     with pytest.raises(PocketdiffError, match="unknown metric 'fdi'"):
         main(["--debug", "regress", "--bundle", str(good), "--baseline", str(tmp_path / "typo.json")])
+
+
+def test_build_under_a_two_process_launch(tiny_pipeline_dir, tmp_path):
+    """`torchrun --nproc_per_node 2` (gloo on the CPU, as accelerate sets it up): both processes train the
+    decoder and step stages on their own batches, the main one alone writes, then goes on alone to export
+    and report; the result is the same build a single process makes, with one line per logged step."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    text = TINY.replace('stages = ["slim", "decoder", "steps", "export", "eval", "report"]',
+                        'stages = ["decoder", "steps", "export", "report"]')
+    recipe, work = _recipe(tmp_path, text), tmp_path / "w"
+    torchrun = Path(sys.executable).parent / "torchrun"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29517", "-m", "pocketdiff.cli",
+                           "build", "--teacher", str(tiny_pipeline_dir), "--recipe", str(recipe), "--out", str(work),
+                           "--no-progress"], capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("build in") == 1  # the main process reports; the other stopped after training
+    stages = json.loads((work / "build.json").read_text())["stages"]
+    assert {k: v["status"] for k, v in stages.items()} == dict.fromkeys(["decoder", "steps", "export", "report"],
+                                                                         "done")
+    steps_log = [json.loads(line)["step"] for line in (work / "steps.work" / "round1" / "train" / "log.jsonl")
+                 .read_text().splitlines()]
+    assert steps_log == sorted(set(steps_log))  # one writer
+    assert (work / "export" / "student" / "manifest.json").is_file() and (work / "report" / "index.html").is_file()
+    assert not list(tmp_path.rglob(".*tmp-*"))  # no scratch left behind

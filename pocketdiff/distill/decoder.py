@@ -99,13 +99,16 @@ def generate_latents(pipe, prompts: list[str], steps: int, guidance: float, seed
 
     gen = StableDiffusionPipeline(**{**pipe.components, "scheduler": DDIMScheduler.from_config(pipe.scheduler.config)},
                                   requires_safety_checker=False)
+    from pocketdiff.distributed import device
+
     gen.set_progress_bar_config(disable=True)
-    g = torch.Generator().manual_seed(seed)
+    gen.to(device())
+    g = torch.Generator().manual_seed(seed)  # CPU noise, the same on any device
     out = []
     with torch.no_grad():
         for i in tqdm(range(0, len(prompts), batch_size), desc="teacher latents", disable=not progress):
             out.append(gen(prompts[i:i + batch_size], num_inference_steps=steps, guidance_scale=guidance, generator=g,
-                           output_type="latent").images.float())
+                           output_type="latent").images.float().cpu())
     return torch.cat(out)
 
 
@@ -116,9 +119,9 @@ def latent_cache(pipe, pipeline_dir, cfg: DecoderDistillConfig, workdir: Path, p
     The first ``n_generated`` rows are the teacher's generations, the rest VAE-encoded samples."""
     from safetensors.torch import load_file, save_file
 
+    from pocketdiff.distill.data import captioned_samples
     from pocketdiff.distill.kd import encoded_pool
     from pocketdiff.pipedir import atomic_output_file
-    from pocketdiff.distill.data import captioned_samples
 
     file, meta = workdir / "latents.safetensors", workdir / "latents.json"
     want = _fingerprint(pipeline_dir, cfg)
@@ -186,6 +189,17 @@ def decode(vae, latents: torch.Tensor) -> torch.Tensor:
     return vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
 
 
+class Decoding(torch.nn.Module):
+    """``decode`` as a module's forward, so the training loop's (DDP-)wrapped call trains the decoder."""
+
+    def __init__(self, vae):
+        super().__init__()
+        self.vae = vae
+
+    def forward(self, latents: torch.Tensor) -> torch.Tensor:
+        return decode(self.vae, latents)
+
+
 def distill_decoder(pipeline_dir: str | Path, out_dir: str | Path, cfg: DecoderDistillConfig, workdir: str | Path,
                     stop_after: int | None = None, progress: bool = True, overwrite: bool = False,
                     cache_dir: str | Path | None = None) -> Path:
@@ -196,6 +210,7 @@ def distill_decoder(pipeline_dir: str | Path, out_dir: str | Path, cfg: DecoderD
     from diffusers import StableDiffusionPipeline
 
     from pocketdiff.distill.loop import LoopConfig, train
+    from pocketdiff.distributed import device
     from pocketdiff.pipedir import StageRecord, load_pipeline, read_history, write_pipeline
 
     cfg.validate()
@@ -208,7 +223,9 @@ def distill_decoder(pipeline_dir: str | Path, out_dir: str | Path, cfg: DecoderD
     torch.manual_seed(cfg.seed)
     student = make_student(teacher, cfg)
     student.train()
-    perceptual = ClipPerceptual(cfg.perceptual_model) if cfg.perceptual == "clip" else None
+    dev = device()  # the frozen teacher decoder and the perceptual model run where the student trains
+    teacher.to(dev)
+    perceptual = ClipPerceptual(cfg.perceptual_model).to(dev) if cfg.perceptual == "clip" else None
     opt = torch.optim.AdamW(student.decoder.parameters(), lr=cfg.lr, weight_decay=0.0)
     sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.steps, 1), eta_min=cfg.lr / 20)
              if cfg.lr_schedule == "cosine" else None)
@@ -220,14 +237,14 @@ def distill_decoder(pipeline_dir: str | Path, out_dir: str | Path, cfg: DecoderD
     def loss_fn(models, z):
         with torch.no_grad():
             target = decode(teacher, z)  # [B, 3, H, W]
-        pred = decode(models[0], z)
+        pred = models[0](z)
         terms = {"l1": F.l1_loss(pred, target), "l2": F.mse_loss(pred, target)}
         terms["perceptual"] = perceptual(pred, target) if perceptual is not None else torch.zeros(())
         terms["loss"] = cfg.w_l1 * terms["l1"] + cfg.w_l2 * terms["l2"] + cfg.w_perceptual * terms["perceptual"]
         return terms
 
     job = {**asdict(cfg), **_fingerprint(pipeline_dir, cfg)}
-    summary = train(workdir / "train", [student], opt, batch_fn, loss_fn,
+    summary = train(workdir / "train", [Decoding(student)], opt, batch_fn, loss_fn,
                     LoopConfig(steps=cfg.steps, checkpoint_every=cfg.checkpoint_every, progress=progress),
                     job, name="distill-decoder", stop_after=stop_after, lr_scheduler=sched)
     student.eval()

@@ -48,8 +48,8 @@ def make_probe(teacher_unet, latents: torch.Tensor, hidden: torch.Tensor, noise_
     g = torch.Generator().manual_seed(seed)
     probe = Probe([], [], [], [])
     for t in timesteps:
-        tt = torch.full((len(latents),), int(t), dtype=torch.long)
-        noisy = noise_sched.add_noise(latents, torch.randn(latents.shape, generator=g), tt)
+        tt = torch.full((len(latents),), int(t), dtype=torch.long, device=latents.device)
+        noisy = noise_sched.add_noise(latents, torch.randn(latents.shape, generator=g).to(latents.device), tt)
         probe.samples.append(noisy)
         probe.timesteps.append(tt)
         probe.hidden.append(hidden)
@@ -270,6 +270,7 @@ def evolve(pipeline_dir: str | Path, out_dir: str | Path, cfg: EvolveConfig, wor
     from pocketdiff.benchmarks.blocks import load_latency_table
     from pocketdiff.distill.kd import KDJob, encoded_pool
     from pocketdiff.distill.loop import Interrupted, LoopConfig, train
+    from pocketdiff.distributed import broadcast, device
     from pocketdiff.pipedir import StageRecord, load_pipeline, read_history, write_pipeline
 
     cfg.validate()
@@ -294,8 +295,12 @@ def evolve(pipeline_dir: str | Path, out_dir: str | Path, cfg: EvolveConfig, wor
     noise_sched = DDPMScheduler.from_config(pipe.scheduler.config)
     pool = encoded_pool(pipe, cfg.finetune.data, cfg.finetune.pool_size, cfg.finetune.seed)
     p_lat, p_ids, _ = encoded_pool(pipe, cfg.finetune.data, cfg.probe_size, cfg.seed + 1, split="val")
+    dev = device()  # the probe runs where the fine-tunes train
+    elastic.to(dev)
+    teacher.to(dev)
+    p_lat = p_lat.to(dev)
     with torch.no_grad():
-        p_hidden = pipe.text_encoder(p_ids)[0]
+        p_hidden = pipe.text_encoder.to(dev)(p_ids.to(dev))[0]
     probe = make_probe(teacher, p_lat, p_hidden, noise_sched, cfg.probe_timesteps, cfg.seed)
     done_here = 0
     bar = tqdm(total=cfg.max_iterations, initial=len(state.records), desc="slim-evolve", disable=not progress)
@@ -308,7 +313,8 @@ def evolve(pipeline_dir: str | Path, out_dir: str | Path, cfg: EvolveConfig, wor
                 break
             proxy, actions = evaluate_actions(elastic, probe, state.removed, table.saving_ms)
             estimate = table.estimate_ms(state.removed)
-            action, why = choose_action(actions, proxy, estimate, cfg, unet_ms, state.tabu)
+            # the main process's choice: float noise between devices must not split the processes' paths
+            action, why = broadcast(choose_action(actions, proxy, estimate, cfg, unet_ms, state.tabu))
             if action is None:
                 state.finished = {"reason": why}
                 break

@@ -63,7 +63,10 @@ def encoded_pool(pipe, data: str, n: int, seed: int, split: str = "train"
     """(latents [N, C, h, w] scaled, token ids [N, 77], empty-prompt ids [77]) of ``n`` samples of ``data``
     (a source of ``distill.data``), encoded 64 images at a time."""
     from pocketdiff.distill.data import captioned_samples
+    from pocketdiff.distributed import device
 
+    dev = device()
+    vae = pipe.vae.to(dev)
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
     drawn = captioned_samples(data, n, seed + 101, split, size=size)
     chunks = []
@@ -72,8 +75,8 @@ def encoded_pool(pipe, data: str, n: int, seed: int, split: str = "train"
             images = torch.from_numpy(drawn.images(i, i + 64)).permute(0, 3, 1, 2).float() / 127.5 - 1
             if images.shape[-1] != size:
                 images = F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False)
-            chunks.append(pipe.vae.encode(images).latent_dist.mean)
-    latents = torch.cat(chunks) * pipe.vae.config.scaling_factor
+            chunks.append(vae.encode(images.to(dev)).latent_dist.mean.cpu())
+    latents = torch.cat(chunks) * vae.config.scaling_factor  # kept on the CPU; batches go to the device
 
     def ids(texts):
         return pipe.tokenizer(texts, padding="max_length", max_length=pipe.tokenizer.model_max_length,
@@ -113,7 +116,11 @@ class KDJob:
     (an ElasticUNet) against the frozen ``teacher`` UNet. Use as a context manager (feature hooks)."""
 
     def __init__(self, pipe, student, teacher, cfg: KDTrainConfig, pool, noise_sched, fixed_skip: Collection[str] = ()):
-        self.pipe, self.student, self.teacher, self.cfg, self.sched = pipe, student, teacher, cfg, noise_sched
+        from pocketdiff.distributed import device
+
+        dev = device()  # the frozen models run where the student trains; the loop sends the batches there
+        pipe.text_encoder.to(dev)
+        self.pipe, self.student, self.teacher, self.cfg, self.sched = pipe, student, teacher.to(dev), cfg, noise_sched
         self.latents, self.ids, self.empty = pool
         self.fixed = sorted(fixed_skip)
         self.candidates = [n for n in student.skippable if n not in set(self.fixed)]

@@ -16,6 +16,7 @@ config is refused rather than silently mixed.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -87,7 +88,12 @@ def train(workdir: str | Path, models: list, optimizer, batch_fn: Callable[[int]
 
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available())
+    from accelerate.utils import DistributedDataParallelKwargs, send_to_device
+
+    # several processes: each trains on its own batches (below); a skipped block leaves parameters unused
+    acc = accelerator or Accelerator(cpu=not torch.cuda.is_available(),
+                                     kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
+    main, world, rank = acc.is_main_process, acc.num_processes, acc.process_index
     if lr_scheduler is not None:  # prepared so that save_state/load_state include it
         prepared = acc.prepare(*models, optimizer, lr_scheduler)
         models, optimizer, lr_scheduler = list(prepared[:-2]), prepared[-2], prepared[-1]
@@ -107,27 +113,35 @@ def train(workdir: str | Path, models: list, optimizer, batch_fn: Callable[[int]
         acc.load_state(str(ckpt))
         start, previous_wall = meta["step"], meta.get("wall_time_s", 0.0)
         log.info("%s: resuming from step %d", name, start)
-    else:
+    elif main:
         (workdir / "log.jsonl").unlink(missing_ok=True)
+    acc.wait_for_everyone()  # no process starts on a log or checkpoint the main process is replacing
 
     def save(step: int) -> None:
         tmp = workdir / "checkpoint.tmp"
-        shutil.rmtree(tmp, ignore_errors=True)
-        acc.save_state(str(tmp))
-        wall = previous_wall + time.perf_counter() - t0  # cumulative over resumed runs
-        (tmp / "pocketdiff_loop.json").write_text(json.dumps({"step": step, "config_hash": want_hash,
-                                                              "wall_time_s": wall}))
-        shutil.rmtree(ckpt, ignore_errors=True)
-        tmp.rename(ckpt)
+        if main:
+            shutil.rmtree(tmp, ignore_errors=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))  # weights and optimizer from the main process, RNG states from each
+        acc.wait_for_everyone()
+        if main:
+            wall = previous_wall + time.perf_counter() - t0  # cumulative over resumed runs
+            (tmp / "pocketdiff_loop.json").write_text(json.dumps({"step": step, "config_hash": want_hash,
+                                                                  "wall_time_s": wall}))
+            shutil.rmtree(ckpt, ignore_errors=True)
+            tmp.rename(ckpt)
+        acc.wait_for_everyone()
 
     for m in models:
         m.train()
     t0 = time.perf_counter()
-    bar = tqdm(total=loop.steps, initial=start, desc=name, disable=not loop.progress or not acc.is_main_process)
+    bar = tqdm(total=loop.steps, initial=start, desc=name, disable=not loop.progress or not main)
     step = start
-    with open(workdir / "log.jsonl", "a") as logf:
+    with open(workdir / "log.jsonl", "a") if main else contextlib.nullcontext() as logf:
         while step < loop.steps:
-            terms = loss_fn(models, batch_fn(step))
+            # batch_fn's index seeds the batch: one process sees the batches of steps 0, 1, 2, ...; with N
+            # processes, process r sees N*step + r, so each trains on its own share of a global batch N x batch
+            terms = loss_fn(models, send_to_device(batch_fn(step * world + rank), acc.device))
             optimizer.zero_grad(set_to_none=True)
             acc.backward(terms["loss"])
             if loop.grad_clip:
@@ -137,7 +151,7 @@ def train(workdir: str | Path, models: list, optimizer, batch_fn: Callable[[int]
                 lr_scheduler.step()
             step += 1
             bar.update(1)
-            if step % loop.log_every == 0 or step == loop.steps:
+            if (step % loop.log_every == 0 or step == loop.steps) and main:
                 rec = {"step": step, **{k: float(v.detach()) for k, v in terms.items()}}
                 logf.write(json.dumps(rec) + "\n")
                 logf.flush()

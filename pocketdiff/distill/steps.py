@@ -147,6 +147,10 @@ class Schedule:
         self.final = torch.tensor(1.0) if sched.config.set_alpha_to_one else self.acp[0]
         self.num_train_timesteps = sched.config.num_train_timesteps
 
+    def to(self, device) -> "Schedule":
+        self.acp, self.final = self.acp.to(device), self.final.to(device)
+        return self
+
     def alpha_sigma(self, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # [B] -> [B,1,1,1] each
         a = torch.where(t >= 0, self.acp[t.clamp(min=0)], self.final)
         return a.sqrt().view(-1, 1, 1, 1), (1 - a).sqrt().view(-1, 1, 1, 1)
@@ -157,7 +161,7 @@ def guided_output(unet, z, t, cond, uncond, w, cfg_rows) -> torch.Tensor:
     conditional elsewhere. A guidance-embedded UNet does it in one pass with ``w`` embedded (``w = 1``
     off the CFG rows); otherwise the CFG rows get a second, unconditional pass and
     ``o_u + w (o_c - o_u)``. Gradients flow if enabled."""
-    embed_dim = unet.config.time_cond_proj_dim
+    embed_dim = getattr(unet, "module", unet).config.time_cond_proj_dim  # (unet may be DDP-wrapped)
     if embed_dim is not None:
         w_eff = torch.where(cfg_rows, w, torch.ones_like(w))
         return unet(z, t, cond, timestep_cond=guidance_scale_embedding(w_eff - 1, embed_dim), return_dict=False)[0]
@@ -205,8 +209,10 @@ def student_scheduler(scheduler_config: dict):
 
 
 def _hidden(text_encoder, ids: torch.Tensor) -> torch.Tensor:
+    """Text states [N, 77, D] of ``ids`` [N, 77], encoded where the text encoder is, kept on the CPU."""
+    dev = next(text_encoder.parameters()).device
     with torch.no_grad():
-        return torch.cat([text_encoder(ids[i:i + 256])[0] for i in range(0, len(ids), 256)])
+        return torch.cat([text_encoder(ids[i:i + 256].to(dev))[0].cpu() for i in range(0, len(ids), 256)])
 
 
 def distill_steps(pipeline_dir: str | Path, out_dir: str | Path, cfg: StepDistillConfig, workdir: str | Path,
@@ -218,12 +224,14 @@ def distill_steps(pipeline_dir: str | Path, out_dir: str | Path, cfg: StepDistil
 
     from pocketdiff.distill.kd import encoded_pool
     from pocketdiff.distill.loop import Interrupted, LoopConfig, train
+    from pocketdiff.distributed import device
     from pocketdiff.pipedir import StageRecord, load_pipeline, read_history, write_pipeline
 
     cfg.validate()
     if Path(out_dir).exists() and not overwrite:
         raise PocketdiffError(f"output {out_dir} exists; pass overwrite to replace it")
     teacher_dir = teacher_dir or pipeline_dir
+    dev = device()  # the teacher and the schedule live where the student trains; batches are sent there
     workdir = Path(workdir)
     pipe = load_pipeline(pipeline_dir)
     teacher_pipe = load_pipeline(teacher_dir)
@@ -232,7 +240,7 @@ def distill_steps(pipeline_dir: str | Path, out_dir: str | Path, cfg: StepDistil
             raise PocketdiffError(f"teacher {teacher_dir} and student {pipeline_dir} UNets differ in {key}: "
                                   f"{getattr(teacher_pipe.unet.config, key)!r} vs {getattr(pipe.unet.config, key)!r}")
     teacher_pred = teacher_pipe.scheduler.config.get("prediction_type", "epsilon")
-    sched = Schedule(teacher_pipe.scheduler.config)
+    sched = Schedule(teacher_pipe.scheduler.config).to(dev)
     out_sched = student_scheduler(teacher_pipe.scheduler.config)
     # training images are encoded with the teacher's VAE: a distilled decoder's pipeline (e.g. the TAESD-style
     # one) carries no trained encoder
@@ -243,11 +251,12 @@ def distill_steps(pipeline_dir: str | Path, out_dir: str | Path, cfg: StepDistil
                               "encoder to encode training images; pass the original pipeline as the teacher")
     teacher_pipe.text_encoder.requires_grad_(False)
     latents, ids, empty = encoded_pool(teacher_pipe, cfg.data, cfg.pool_size, cfg.seed)
-    text = teacher_pipe.text_encoder
-    hidden, empty_hidden = _hidden(text, ids), _hidden(text, empty[None])  # [N,77,D], [1,77,D]
+    text = teacher_pipe.text_encoder.to(dev)
+    hidden, empty_hidden = _hidden(text, ids), _hidden(text, empty[None])  # [N,77,D], [1,77,D] (CPU)
+    empty_on_dev = empty_hidden.to(dev)
     fingerprint = {"pipeline": str(Path(pipeline_dir).resolve()), "teacher": str(Path(teacher_dir).resolve())}
     budget = stop_after
-    teacher, student, summaries = teacher_pipe.unet.eval().requires_grad_(False), None, {}
+    teacher, student, summaries = teacher_pipe.unet.to(dev).eval().requires_grad_(False), None, {}
     pred = teacher_pred
     for r in plan(cfg):
         rdir = workdir / r.name
@@ -258,7 +267,7 @@ def distill_steps(pipeline_dir: str | Path, out_dir: str | Path, cfg: StepDistil
             if record.get("job") != json.loads(json.dumps(job)):
                 raise PocketdiffError(f"{done} was trained with another config ({record.get('job')}); use a new "
                                       f"work dir or delete it")
-            student = load_pipeline(done).unet
+            student = load_pipeline(done).unet.to(dev)
             summaries[r.name] = record["summary"]
         else:
             if budget is not None and budget <= 0:
@@ -287,7 +296,7 @@ def distill_steps(pipeline_dir: str | Path, out_dir: str | Path, cfg: StepDistil
                 x0, noise, t, s, cond, w, cfg_rows = b
                 a, sg = sched.alpha_sigma(t)
                 z = a * x0 + sg * noise  # [B,C,h,w]
-                uncond = empty_hidden.expand_as(cond)
+                uncond = empty_on_dev.expand_as(cond)
                 target = distill_target(teacher, pred, sched, z, t, s, r.substeps, cond, uncond, w, cfg_rows)
                 v = guided_output(models[0], z, t, cond, uncond, w, cfg_rows)  # the student predicts v
                 per = ((v - target) ** 2).mean(dim=(1, 2, 3))  # [B]
