@@ -141,9 +141,13 @@ class Recipe:
         if order != sorted(set(order)):
             raise PocketdiffError(f"recipe stages must be unique and in the order {' -> '.join(STAGES)}; got "
                                   f"{' -> '.join(self.stages)}")
-        if "slim" in self.stages:  # (the stage fills in the evolution's latency table)
+        if "slim" in self.stages:  # (without a latency_table the stage measures one and fills it in)
             self.slim.robust.validate()
             self.slim.finetune.validate()
+            if self.slim.evolve.latency_table:
+                from pocketdiff.benchmarks.blocks import load_latency_table
+
+                load_latency_table(self.slim.evolve.latency_table, self.slim.evolve.target)  # names a bad path/key
             dataclasses.replace(self.slim.evolve, latency_table="set by the slim stage").validate()
         if "decoder" in self.stages:
             self.decoder.validate()
@@ -293,7 +297,10 @@ def _run_slim(ctx: Context) -> None:
 
     cfg, work, source = ctx.recipe.slim, ctx.work("slim"), ctx.pipeline_before("slim")
     work.mkdir(parents=True, exist_ok=True)
-    table, key = work / "latency.json", target_key(cfg.backend, cfg.threads)
+    if cfg.evolve.latency_table:  # a table measured elsewhere (on the phone, or on a quiet machine): used as is
+        table, key = Path(cfg.evolve.latency_table), cfg.evolve.target
+    else:
+        table, key = work / "latency.json", target_key(cfg.backend, cfg.threads)
     if not table.is_file() and is_main_process():  # measured once, by the main process alone
         t = measure_block_latency(load_pipeline(source).unet, 2, cfg.backend, cfg.threads, 3, cfg.repeat)
         write_latency_table(table, key, t, machine_info(cfg.threads))
