@@ -41,7 +41,7 @@ demo: venv
 regress-demo: demo
 	$(BIN)/pocketdiff regress --bundle $(DEMO)/export/student --baseline benchmarks/baselines/toy_quick.json
 
-# The shipped student bundle (pocketdiff/toyworld/assets/student): recipes/toy-full.toml, about 1 h 45 min.
+# The shipped student bundle (pocketdiff/toyworld/assets/student): recipes/toy-full.toml, about 50 min on 2 cores.
 toy-full: venv
 	$(BIN)/pocketdiff build --teacher $(TEACHER)/pipeline --recipe recipes/toy-full.toml --out build/toy-full
 

@@ -240,9 +240,26 @@ def _cmd_bench_compare(args) -> int:
     return 0
 
 
+def _generation_defaults(args, steps_default: int = 25) -> tuple[int, float]:
+    """--steps/--guidance, or the source's own: a bundle's pinned defaults, a student's trained steps."""
+    steps, guidance = args.steps, args.guidance
+    if args.bundle and (steps is None or guidance is None):
+        from pocketdiff.runtime.bundle import load_bundle
+
+        pinned = load_bundle(args.bundle, verify=False).manifest["defaults"]
+        steps = pinned["steps"] if steps is None else steps
+        guidance = pinned["guidance"] if guidance is None else guidance
+    if args.pipeline and steps is None:
+        from pocketdiff.distill.steps import student_steps
+
+        steps = student_steps(args.pipeline)
+    return (steps_default if steps is None else steps), (7.5 if guidance is None else guidance)
+
+
 def _cmd_generate(args) -> int:
     from pocketdiff.generate import GenerateConfig, check_png_path, generate_runtime, generate_torch, save_png
 
+    args.steps, args.guidance = _generation_defaults(args)
     cfg = GenerateConfig(prompt=args.prompt, steps=args.steps, guidance=args.guidance, seed=args.seed,
                          scheduler=args.scheduler, negative_prompt=args.negative_prompt,
                          truncate=args.truncate).validate()
@@ -277,6 +294,7 @@ def _cmd_eval(args) -> int:
 
     if not str(args.out).endswith(".json"):
         raise PocketdiffError(f"--out must be a .json file, got {args.out}")
+    args.steps, args.guidance = _generation_defaults(args, steps_default=50)
     cfg = GenerateConfig(prompt="", steps=args.steps, guidance=args.guidance, seed=args.seed,
                          scheduler=args.scheduler).validate()
     if args.captions:
@@ -683,8 +701,10 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--bundle", help="app bundle (torch-free runtime; checksums verified first)")
     g.add_argument("--backend", default="onnx", help=f"runtime backend for --bundle; allowed: {', '.join(BACKENDS)}")
     g.add_argument("prompt")
-    g.add_argument("--steps", type=int, default=25)
-    g.add_argument("--guidance", type=float, default=7.5, help="classifier-free guidance scale; <= 1 disables CFG")
+    g.add_argument("--steps", type=int, default=None, help="default: a bundle's pinned steps, a distill-steps "
+                   "student's trained steps, else 25")
+    g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale; <= 1 disables CFG "
+                   "(default: a bundle's pinned guidance, else 7.5)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--scheduler", default=None, help=f"one of: {', '.join(SCHEDULERS)} (default: the pipeline's)")
     g.add_argument("--negative-prompt", default="")
@@ -701,8 +721,9 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--onnx", help="exported ONNX folder (torch-free runtime)")
     src.add_argument("--bundle", help="app bundle (torch-free runtime on its ONNX models, the manifest's scheduler)")
     ev.add_argument("--prompts", default="toy-val", help="prompt set; allowed: toy-val")
-    ev.add_argument("--steps", type=int, default=50)
-    ev.add_argument("--guidance", type=float, default=7.5)
+    ev.add_argument("--steps", type=int, default=None, help="default: a bundle's pinned steps, a distill-steps "
+                    "student's trained steps, else 50")
+    ev.add_argument("--guidance", type=float, default=None, help="default: a bundle's pinned guidance, else 7.5")
     ev.add_argument("--scheduler", default="ddim")
     ev.add_argument("--n", type=int, default=1000, help="number of prompts/images")
     ev.add_argument("--seed", type=int, default=0)

@@ -38,3 +38,10 @@ def test_sd15_recipe_checks_its_eval_files_before_writing(tiny_pipeline_dir, tmp
     r.eval.clip_model = ""
     with pytest.raises(PocketdiffError, match="captions is set .the real-checkpoint protocol., so clip_model must be"):
         build(tiny_pipeline_dir, r, tmp_path / "w")
+
+
+def test_a_given_latency_table_is_checked_when_the_recipe_loads():
+    r = load_recipe(RECIPES[1])  # toy-full: the committed table make slim-toy measured alone
+    assert r.slim.evolve.latency_table == "benchmarks/latency_tables/toy-onnx-cpu-2t.json"
+    with pytest.raises(PocketdiffError, match="cannot read latency table nope.json"):
+        load_recipe(RECIPES[1], ["slim.evolve.latency_table=nope.json"])

@@ -148,6 +148,11 @@ def test_guidance_embedded_student_runs_one_unet_call_per_step(tiny_pipeline_dir
     assert main(["generate", "--pipeline", str(out), "a red circle", "--steps", "3", "--guidance", "2", "--out",
                  str(tmp_path / "x.png"), "--no-progress"]) == 0
     assert "trained for 2 steps; sampling it at 3 steps" in capsys.readouterr().err
+    # without --steps/--guidance, generate takes the bundle's pinned defaults (2 steps, guidance 2)
+    assert main(["generate", "--bundle", str(bundle), "a red circle", "--out", str(tmp_path / "y.png"),
+                 "--no-progress", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (printed["config"]["steps"], printed["config"]["guidance"], printed["unet_calls"]) == (2, 2.0, 2)
     for backend in ("onnx",):  # ExecuTorch's static batch-1 UNet takes the same feeds (export path shared)
         pipe = RuntimePipeline.from_bundle(bundle, backend)
         assert pipe.guidance_embed_dim == 16

@@ -171,6 +171,26 @@ def read_bench_results(paths) -> tuple[list[dict], dict | None]:
     return benches, comparison
 
 
+NOT_LOSSES = ("step", "blocks_skipped")  # logged beside the losses, not plotted with them
+
+
+def build_logs(workdir: Path) -> dict[str, list[dict]]:
+    """Every training log under ``workdir/*.work``, by job. The evolution's short fine-tunes (one job per
+    iteration, ``.../iter_NNN``) are joined into one curve, steps counted on from one to the next."""
+    from pocketdiff.distill.loop import read_log
+
+    logs: dict[str, list[dict]] = {}
+    for f in sorted(workdir.glob("*.work/**/log.jsonl")):
+        rows, job = read_log(f.parent), f.parent.relative_to(workdir)
+        if job.name.startswith("iter_"):
+            name, done = f"{job.parent.as_posix()} (iterations joined)", logs.get(f"{job.parent.as_posix()} (iterations joined)", [])
+            offset = done[-1]["step"] if done else 0
+            logs[name] = done + [{**r, "step": r["step"] + offset} for r in rows]
+        else:
+            logs[job.as_posix()] = rows
+    return {k: v for k, v in logs.items() if v}
+
+
 def _loss_figure(logs: dict[str, list[dict]]) -> str:
     """One panel per training log (every logged term against the step), as a data URI."""
     import matplotlib
@@ -183,9 +203,10 @@ def _loss_figure(logs: dict[str, list[dict]]) -> str:
     for ax in axes.flat[len(logs):]:
         ax.axis("off")
     for ax, (name, rows) in zip(axes.flat, logs.items()):
-        terms = [k for k in rows[0] if k != "step" and isinstance(rows[0][k], (int, float))]
-        for term in terms:
-            ax.plot([r["step"] for r in rows], [max(r[term], 1e-8) for r in rows], label=term, lw=1)
+        terms = [k for k in rows[0] if k not in NOT_LOSSES and isinstance(rows[0][k], (int, float))]
+        for term in terms:  # a term that is 0 at a step (e.g. no CFG rows in that batch) leaves a gap on the log axis
+            ax.plot([r["step"] for r in rows], [r[term] if r[term] > 0 else float("nan") for r in rows],
+                    label=term, lw=1, marker="o" if len(rows) < 5 else None, ms=3)
         ax.set_yscale("log")
         ax.set_title(name, fontsize=7)
         ax.tick_params(labelsize=6)
@@ -197,7 +218,6 @@ def _loss_figure(logs: dict[str, list[dict]]) -> str:
 def write_build_report(ctx) -> Path:
     """``pocketdiff build``'s report stage: ``WORKDIR/report/index.html`` from the other stages' outputs
     (``ctx`` is a ``build.Context``); the numbers are read from the eval and bench JSON, not recomputed."""
-    from pocketdiff.distill.loop import read_log
     from pocketdiff.generate import GenerateConfig, generate_many
     from pocketdiff.pipedir import read_json
     from pocketdiff.toyworld.demo import DEMO_PROMPTS
@@ -260,11 +280,7 @@ def write_build_report(ctx) -> Path:
     if sd15:
         sections.append(("SD1.5 architecture (random weights, 512²; committed bench compare results)",
                          table_html(sd15, ["result", "component", "batch", "SD1.5 ms", "ours ms", "ratio"])))
-    logs = {}
-    for f in sorted(w.glob("*.work/**/log.jsonl")):
-        rows = read_log(f.parent)
-        if rows:
-            logs[f.parent.relative_to(w).as_posix()] = rows
+    logs = build_logs(w)
     if logs:
         sections.append(("Loss curves (every training job of the build)", f"<img src='{_loss_figure(logs)}'>"))
     return write_page(w / "report" / "index.html", r.report.title, sections)
