@@ -410,7 +410,7 @@ def _cmd_distill_steps(args) -> int:
 
     cfg = StepDistillConfig(start_steps=args.start_steps, rounds=args.rounds, iters=args.iters,
                             v_warmup_iters=args.v_warmup_iters, batch_size=args.batch_size, lr=args.lr,
-                            cfg_prob=args.cfg_prob, w_min=args.w_min, w_max=args.w_max,
+                            lr_schedule=args.lr_schedule, cfg_prob=args.cfg_prob, w_min=args.w_min, w_max=args.w_max,
                             guidance_embed=args.guidance_embed, embed_dim=args.embed_dim,
                             caption_dropout=args.caption_dropout, data=args.data).validate()
     workdir = Path(args.workdir or f"{args.out}.work")
@@ -431,6 +431,7 @@ def _cmd_distill_decoder(args) -> int:
                                w_perceptual=args.w_perceptual, perceptual=args.perceptual,
                                perceptual_model=args.perceptual_model or "", n_generated=args.n_generated,
                                gen_steps=args.gen_steps, guidance=args.guidance, n_encoded=args.n_encoded,
+                               latent_jitter=args.latent_jitter, jitter_scale=args.jitter_scale,
                                data=args.data).validate()
     workdir = Path(args.workdir or f"{args.out}.work")
     out = distill_decoder(args.pipeline, args.out, cfg, workdir, progress=not args.no_progress, overwrite=args.force,
@@ -654,6 +655,7 @@ def build_parser() -> argparse.ArgumentParser:
                     help="a first round teaching the teacher's own prediction in v form (0: none)")
     ds.add_argument("--batch-size", type=int, default=d.batch_size)
     ds.add_argument("--lr", type=float, default=d.lr)
+    ds.add_argument("--lr-schedule", default=d.lr_schedule, help="per round: constant or cosine (decays to lr/20)")
     ds.add_argument("--cfg-prob", type=float, default=d.cfg_prob, help="probability of the CFG-aware loss per sample")
     ds.add_argument("--w-min", type=float, default=d.w_min, help="CFG-aware guidance range, low end")
     ds.add_argument("--w-max", type=float, default=d.w_max, help="CFG-aware guidance range, high end")
@@ -689,6 +691,9 @@ def build_parser() -> argparse.ArgumentParser:
     dd.add_argument("--gen-steps", type=int, default=25)
     dd.add_argument("--guidance", type=float, default=7.5)
     dd.add_argument("--n-encoded", type=int, default=2000, help="VAE-encoded real samples (0: none)")
+    dd.add_argument("--latent-jitter", type=float, default=0.0, help="probability per training latent of a random "
+                    "channel mix (recolours what the teacher decodes; the target is the teacher's decoding of it)")
+    dd.add_argument("--jitter-scale", type=float, default=0.25, help="the channel mix is I + scale * N(0, 1)")
     dd.add_argument("--data", default="toyworld", help="prompt and image source: toyworld, or imagefolder:DIR (images + metadata.jsonl)")
     dd.add_argument("--force", action="store_true", help="replace an existing output folder")
     dd.add_argument("--no-progress", action="store_true")

@@ -138,6 +138,7 @@ def test_clip_perceptual(tmp_path):
     ({"lr_schedule": "step"}, "unknown learning-rate schedule 'step'; allowed: constant, cosine"),
     ({"tiny_blocks": 0}, "tiny_channels and tiny_blocks must be >= 1; got 16, 25, 64, 500, 64, 0"),
     ({"n_generated": 0, "n_encoded": 0}, "with some data"),
+    ({"latent_jitter": 1.5}, "latent_jitter must be in [0, 1] and jitter_scale >= 0; got 1.5, 0.25"),
 ])
 def test_bad_decoder_config(change, message):
     import re
@@ -156,3 +157,20 @@ def test_cli_distill_decoder_errors(tiny_pipeline_dir, tmp_path, capsys):
     assert main([*base, "--kind", "vq"]) == 2 and "unknown decoder kind 'vq'" in capsys.readouterr().err
     assert main([*base, "--perceptual-model", str(tmp_path / "none")]) == 2
     assert "needs perceptual_model" in capsys.readouterr().err and not out.exists()
+
+
+def test_jitter_latents_mixes_channels_of_the_chosen_rows_only():
+    from pocketdiff.distill.decoder import jitter_latents
+
+    z = torch.randn(64, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(jitter_latents(z, 0.0, 0.25, torch.Generator().manual_seed(1)), z, rtol=0, atol=0)
+    out = jitter_latents(z, 0.5, 0.25, torch.Generator().manual_seed(1))
+    again = jitter_latents(z, 0.5, 0.25, torch.Generator().manual_seed(1))
+    torch.testing.assert_close(out, again, rtol=0, atol=0)  # deterministic per generator (resumable batches)
+    changed = (out - z).flatten(1).abs().amax(1) > 0  # [B]
+    assert 16 < int(changed.sum()) < 48  # about half the rows
+    # a row's mix is a per-pixel linear map of its channels: every pixel of a changed row is M @ z[:, y, x]
+    b = int(changed.nonzero()[0])
+    m = torch.linalg.lstsq(z[b].flatten(1).T, out[b].flatten(1).T).solution.T  # [C, C]
+    torch.testing.assert_close(m @ z[b].flatten(1), out[b].flatten(1), rtol=1e-4, atol=1e-4)
+    assert (m - torch.eye(4)).abs().max() > 0.01

@@ -50,3 +50,19 @@ def test_config_change_is_refused(tmp_path):
     _job(tmp_path, 4)
     with pytest.raises(PocketdiffError, match="checkpoint of a different config"):
         _job(tmp_path, 4, lr=0.2)
+
+
+def test_lr_schedule_cosine_decays_to_a_twentieth_and_constant_is_none():
+    from pocketdiff.distill.loop import lr_schedule
+
+    opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.2)
+    assert lr_schedule(opt, "constant", 10, 0.2) is None
+    sched = lr_schedule(opt, "cosine", 10, 0.2)
+    lrs = []
+    for _ in range(10):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] == pytest.approx(0.2 / 20)
+    with pytest.raises(PocketdiffError, match="unknown learning-rate schedule 'linear'; allowed: constant, cosine"):
+        lr_schedule(opt, "linear", 10, 0.2)

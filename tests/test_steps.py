@@ -92,6 +92,7 @@ def test_plan_and_bad_configs():
     for change, message in [({"start_steps": 12, "rounds": 3}, "start_steps must be divisible by 2**rounds"),
                             ({"w_min": 3.0, "w_max": 2.0}, "1 <= w_min <= w_max; got [3.0, 2.0]"),
                             ({"cfg_prob": 1.5}, "cfg_prob must be in [0, 1]"),
+                            ({"lr_schedule": "step"}, "unknown learning-rate schedule 'step'"),
                             ({"data": "laion"}, "unknown step distillation data source 'laion'")]:
         with pytest.raises(PocketdiffError, match=re.escape(message)):
             replace(StepDistillConfig(), **change).validate()

@@ -26,10 +26,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from pocketdiff.distill.loop import check_lr_schedule, lr_schedule
 from pocketdiff.errors import PocketdiffError, choice_error
 
 PERCEPTUAL = ("clip", "none")
-LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass
@@ -41,7 +41,7 @@ class DecoderDistillConfig:
     steps: int = 3000
     batch_size: int = 16
     lr: float = 2e-4
-    lr_schedule: str = "cosine"  # LR_SCHEDULES; cosine decays to lr / 20 at the last step
+    lr_schedule: str = "cosine"  # loop.LR_SCHEDULES; cosine decays to lr / 20 at the last step
     w_l1: float = 1.0
     w_l2: float = 1.0
     w_perceptual: float = 0.1
@@ -52,6 +52,8 @@ class DecoderDistillConfig:
     guidance: float = 7.5
     gen_batch: int = 64
     n_encoded: int = 2000  # VAE-encoded real samples (0: none)
+    latent_jitter: float = 0.0  # probability per training latent of a random channel mix (see jitter_latents)
+    jitter_scale: float = 0.25  # the mix is I + jitter_scale * N(0, 1) per (C, C) entry
     data: str = "toyworld"  # prompt and image source (distill.data.DATA_SOURCES)
     checkpoint_every: int = 500
     seed: int = 0
@@ -68,10 +70,12 @@ class DecoderDistillConfig:
             raise PocketdiffError(f"perceptual='clip' needs perceptual_model, a local CLIPModel folder with "
                                   f"config.json; got {self.perceptual_model!r}")
         check_data_source(self.data, "decoder distillation data source")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise choice_error("learning-rate schedule", self.lr_schedule, LR_SCHEDULES)
+        check_lr_schedule(self.lr_schedule)
         if not 0.0 < self.width <= 1.0:
             raise PocketdiffError(f"width must be in (0, 1], got {self.width}")
+        if not 0.0 <= self.latent_jitter <= 1.0 or self.jitter_scale < 0:
+            raise PocketdiffError(f"latent_jitter must be in [0, 1] and jitter_scale >= 0; got {self.latent_jitter}, "
+                                  f"{self.jitter_scale}")
         if min(self.steps, self.n_generated, self.n_encoded) < 0 or self.n_generated + self.n_encoded < 1:
             raise PocketdiffError(f"steps, n_generated and n_encoded must be >= 0 with some data; got {self.steps}, "
                                   f"{self.n_generated}, {self.n_encoded}")
@@ -177,6 +181,17 @@ class ClipPerceptual(torch.nn.Module):
         return torch.stack([F.mse_loss(x, y) for x, y in zip(ha[1:], hb[1:])]).mean()
 
 
+def jitter_latents(z: torch.Tensor, prob: float, scale: float, g: torch.Generator) -> torch.Tensor:
+    """[B, C, h, w] -> [B, C, h, w]: each row, with probability ``prob``, mixed across channels by its own
+    ``I + scale * N(0, 1)`` (C x C) matrix. On a latent this mostly recolours what the teacher decoder draws
+    (shapes and layout stay), so the student also learns the teacher's decoding of colour/content
+    combinations its cache lacks; the target is still the teacher decoder's output for the mixed latent."""
+    b, c = z.shape[:2]
+    rows = torch.rand(b, generator=g) < prob  # [B]
+    mix = torch.eye(c) + scale * torch.randn(b, c, c, generator=g) * rows.view(-1, 1, 1)  # [B, C, C]
+    return torch.einsum("bij,bjhw->bihw", mix, z)
+
+
 def make_student(vae, cfg: DecoderDistillConfig):
     from pocketdiff.architectures.decoder import prune_decoder, tiny_decoder_vae
 
@@ -227,12 +242,12 @@ def distill_decoder(pipeline_dir: str | Path, out_dir: str | Path, cfg: DecoderD
     teacher.to(dev)
     perceptual = ClipPerceptual(cfg.perceptual_model).to(dev) if cfg.perceptual == "clip" else None
     opt = torch.optim.AdamW(student.decoder.parameters(), lr=cfg.lr, weight_decay=0.0)
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.steps, 1), eta_min=cfg.lr / 20)
-             if cfg.lr_schedule == "cosine" else None)
+    sched = lr_schedule(opt, cfg.lr_schedule, cfg.steps, cfg.lr)
 
     def batch_fn(step):
         g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step)
-        return latents[torch.randint(0, len(latents), (cfg.batch_size,), generator=g)]
+        z = latents[torch.randint(0, len(latents), (cfg.batch_size,), generator=g)]  # [B, C, h, w]
+        return jitter_latents(z, cfg.latent_jitter, cfg.jitter_scale, g) if cfg.latent_jitter else z
 
     def loss_fn(models, z):
         with torch.no_grad():

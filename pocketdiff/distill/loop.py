@@ -30,6 +30,27 @@ from pocketdiff.errors import PocketdiffError
 
 log = logging.getLogger(__name__)
 
+LR_SCHEDULES = ("constant", "cosine")
+
+
+def check_lr_schedule(kind: str) -> str:
+    from pocketdiff.errors import choice_error
+
+    if kind not in LR_SCHEDULES:
+        raise choice_error("learning-rate schedule", kind, LR_SCHEDULES)
+    return kind
+
+
+def lr_schedule(optimizer, kind: str, steps: int, lr: float):
+    """The job's learning-rate scheduler for :func:`train`: None for ``constant``; ``cosine`` decays from
+    ``lr`` to ``lr / 20`` at the last of ``steps``."""
+    import torch
+
+    check_lr_schedule(kind)
+    if kind == "constant":
+        return None
+    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1), eta_min=lr / 20)
+
 
 class Interrupted(Exception):
     """Raised by :func:`train` when ``stop_after`` ends a run early (after checkpointing)."""

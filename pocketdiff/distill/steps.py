@@ -54,6 +54,7 @@ class StepDistillConfig:
     v_warmup_iters: int = 0  # optional round 0: the teacher's own prediction, in v form, at start_steps
     batch_size: int = 32
     lr: float = 1e-4
+    lr_schedule: str = "constant"  # loop.LR_SCHEDULES, per round (cosine decays to lr / 20 at its last iteration)
     cfg_prob: float = 0.1  # p: probability of the CFG-aware loss per sample (SnapFusion)
     w_min: float = 2.0  # CFG-aware guidance scale range (SnapFusion: [2, 14] for SD1.5)
     w_max: float = 14.0
@@ -67,6 +68,7 @@ class StepDistillConfig:
 
     def validate(self) -> "StepDistillConfig":
         from pocketdiff.distill.data import check_data_source
+        from pocketdiff.distill.loop import check_lr_schedule
 
         if self.rounds < 1 or self.start_steps < 2 ** self.rounds or self.start_steps % 2 ** self.rounds:
             raise PocketdiffError(f"start_steps must be divisible by 2**rounds (each round halves it); got "
@@ -83,6 +85,7 @@ class StepDistillConfig:
             raise PocketdiffError(f"the CFG range needs 1 <= w_min <= w_max; got [{self.w_min}, {self.w_max}]")
         if self.lr <= 0:
             raise PocketdiffError(f"lr must be > 0, got {self.lr}")
+        check_lr_schedule(self.lr_schedule)
         check_data_source(self.data, "step distillation data source")
         return self
 
@@ -223,7 +226,7 @@ def distill_steps(pipeline_dir: str | Path, out_dir: str | Path, cfg: StepDistil
     from diffusers import StableDiffusionPipeline
 
     from pocketdiff.distill.kd import encoded_pool
-    from pocketdiff.distill.loop import Interrupted, LoopConfig, train
+    from pocketdiff.distill.loop import Interrupted, LoopConfig, lr_schedule, train
     from pocketdiff.distributed import device
     from pocketdiff.pipedir import StageRecord, load_pipeline, read_history, write_pipeline
 
@@ -307,7 +310,8 @@ def distill_steps(pipeline_dir: str | Path, out_dir: str | Path, cfg: StepDistil
 
             summary = train(rdir / "train", [student], opt, batch_fn, loss_fn,
                             LoopConfig(steps=r.iters, checkpoint_every=cfg.checkpoint_every, progress=progress),
-                            job, name=f"distill-steps {r.name}", stop_after=budget)
+                            job, name=f"distill-steps {r.name}", stop_after=budget,
+                            lr_scheduler=lr_schedule(opt, cfg.lr_schedule, r.iters, cfg.lr))
             if budget is not None:
                 budget -= summary["steps"] - summary["resumed_from"]
             student = getattr(student, "module", student).eval()
