@@ -368,25 +368,16 @@ def evaluate(source: str | Path, steps: int, guidance: float, cfg: EvalStage, ou
     """``pocketdiff eval`` on a pipeline folder or (``bundle``) a bundle through the runtime (onnxruntime):
     the toy protocol (prompt set, toy FID/CLIP, attribute checker), or with ``cfg.captions`` the real one
     (captions, Inception FID against reference images, CLIP score with a local CLIP)."""
-    from pocketdiff.benchmarks.quality import (EvalModels, evaluate_images, evaluate_real, image_grid, prompt_set,
-                                               write_report)
-    from pocketdiff.generate import GenerateConfig, generate_many
-    from pocketdiff.toyworld import TOY_TEACHER_DIR
+    from pocketdiff.benchmarks.quality import eval_grid, evaluate_source, write_report
+    from pocketdiff.generate import GenerateConfig
 
     gen = GenerateConfig(prompt="", steps=steps, guidance=guidance, seed=cfg.seed, scheduler=scheduler).validate()
     where = {"pipeline_dir": None if bundle else source, "bundle_dir": source if bundle else None}
-    if cfg.real:
-        inputs = cfg.check_real_inputs()
-        images = generate_many(inputs.captions, gen, **where)  # the first n captions
-        result = evaluate_real(inputs, images)
-        result.update(prompts=cfg.captions)
-    else:
-        items = prompt_set(cfg.prompts, cfg.n, cfg.seed)
-        images = generate_many([it.prompt for it in items], gen, **where)
-        result = evaluate_images(EvalModels.load(cfg.eval_models or TOY_TEACHER_DIR), items, images, seed=cfg.seed)
-        result.update(prompts=cfg.prompts)
-    result.update(seed=cfg.seed, steps=steps, guidance=guidance, scheduler=scheduler, source=str(source))
-    write_report(result, out, image_grid(images[:64]))
+    real = cfg.check_real_inputs() if cfg.real else None
+    result, images = evaluate_source(gen, cfg.prompts, cfg.n, cfg.eval_models or None, real, **where)
+    if real is not None:
+        result["prompts"] = cfg.captions
+    write_report(result, out, eval_grid(images))
     return result
 
 

@@ -289,45 +289,28 @@ def _cmd_generate(args) -> int:
 
 
 def _cmd_eval(args) -> int:
-    from pocketdiff.benchmarks.quality import EvalModels, evaluate_images, image_grid, prompt_set, write_report
-    from pocketdiff.generate import GenerateConfig, generate_many
+    from pocketdiff.benchmarks.quality import check_real_eval_inputs, eval_grid, evaluate_source, write_report
+    from pocketdiff.generate import GenerateConfig
 
     if not str(args.out).endswith(".json"):
         raise PocketdiffError(f"--out must be a .json file, got {args.out}")
     args.steps, args.guidance = _generation_defaults(args, steps_default=50)
     cfg = GenerateConfig(prompt="", steps=args.steps, guidance=args.guidance, seed=args.seed,
                          scheduler=args.scheduler).validate()
-    if args.captions:
-        return _eval_real(args, cfg)
-    items = prompt_set(args.prompts, args.n, args.seed)
-    models = EvalModels.load(args.eval_models)
+    # the real-checkpoint protocol (COCO-30K style: captions, reference images, a local CLIP), checked first
+    real = (check_real_eval_inputs(args.captions, args.reference_dir, args.clip_model, args.inception_weights, args.n)
+            if args.captions else None)
     with _Progress("generating", "img", args.no_progress) as progress:
-        images = generate_many([it.prompt for it in items], cfg, pipeline_dir=args.pipeline, onnx_dir=args.onnx,
-                               bundle_dir=args.bundle, callback=progress)
-    result = evaluate_images(models, items, images, seed=args.seed)
-    result.update(prompts=args.prompts, seed=args.seed, steps=args.steps, guidance=args.guidance,
-                  scheduler=args.scheduler, source=str(args.pipeline or args.onnx or args.bundle))
-    write_report(result, args.out, image_grid(images[:64]))
+        result, images = evaluate_source(cfg, args.prompts, args.n, args.eval_models, real, pipeline_dir=args.pipeline,
+                                         onnx_dir=args.onnx, bundle_dir=args.bundle, callback=progress)
+    write_report(result, args.out, eval_grid(images))
+    if real is not None:
+        print(f"FID (Inception) {result['fid_inception']:.2f}  CLIP {result['clip_score']:.2f} -> {args.out}")
+        return 0
     a = result["attributes"]
     print(f"FID {result['fid']:.2f}  CLIP {result['clip_score']:.2f}  attribute accuracy "
           f"{result['attribute_accuracy']:.3f} (held-out {a.get('split=heldout', {}).get('all', float('nan')):.3f}) "
           f"over {result['n']} images -> {args.out}")
-    return 0
-
-
-def _eval_real(args, cfg) -> int:
-    """The COCO-30K protocol for real checkpoints: user captions, reference images, local CLIP."""
-    from pocketdiff.benchmarks.quality import check_real_eval_inputs, evaluate_real, image_grid, write_report
-    from pocketdiff.generate import generate_many
-
-    inputs = check_real_eval_inputs(args.captions, args.reference_dir, args.clip_model, args.inception_weights,
-                                    args.n)
-    images = generate_many(inputs.captions, cfg, pipeline_dir=args.pipeline, onnx_dir=args.onnx,
-                           bundle_dir=args.bundle)
-    result = {**evaluate_real(inputs, images), "seed": args.seed, "steps": args.steps, "guidance": args.guidance,
-              "scheduler": args.scheduler, "source": str(args.pipeline or args.onnx or args.bundle)}
-    write_report(result, args.out, image_grid(images[:16], cols=4, scale=1))
-    print(f"FID (Inception) {result['fid_inception']:.2f}  CLIP {result['clip_score']:.2f} -> {args.out}")
     return 0
 
 

@@ -10,6 +10,7 @@ from pocketdiff.benchmarks.quality import (
     EvalModels, attribute_report, fid, prompt_set, reference_images,
 )
 from pocketdiff.cli import main
+from pocketdiff.errors import PocketdiffError
 from pocketdiff.toyworld import TOY_TEACHER_DIR
 from pocketdiff.toyworld.world import COLOURS, render
 
@@ -123,3 +124,20 @@ def test_real_mode_missing_inputs(capsys, tiny_pipeline_dir, tmp_path, make, mat
     err = capsys.readouterr().err.strip().splitlines()
     assert rc == 2 and len(err) == 1 and re.search(match, err[0]), err
     assert not out.exists()
+
+
+def test_evaluate_source_needs_exactly_one_source(tiny_pipeline_dir):
+    from pocketdiff.benchmarks.quality import evaluate_source
+    from pocketdiff.generate import GenerateConfig
+
+    gen = GenerateConfig(prompt="", steps=2, guidance=1.0)
+    for where in ({}, {"pipeline_dir": tiny_pipeline_dir, "bundle_dir": tiny_pipeline_dir}):
+        with pytest.raises(PocketdiffError, match="evaluate one source"):
+            evaluate_source(gen, n=2, **where)
+
+
+def test_eval_grid_upscales_small_images_and_keeps_large_ones():
+    from pocketdiff.benchmarks.quality import eval_grid
+
+    assert eval_grid(np.zeros((70, 32, 32, 3), np.uint8)).shape == (8 * 128, 8 * 128, 3)  # 64 images, x4
+    assert eval_grid(np.zeros((20, 512, 512, 3), np.uint8)).shape == (4 * 512, 4 * 512, 3)  # 16 images, x1

@@ -143,6 +143,15 @@ def image_grid(images: np.ndarray, cols: int = 8, scale: int = 4) -> np.ndarray:
     return grid.repeat(scale, 0).repeat(scale, 1)
 
 
+def eval_grid(images: np.ndarray) -> np.ndarray:
+    """An eval report's picture: small (toy) images, the first 64 eight wide, upscaled to about 128 px; large
+    ones, the first 16 four wide, as they are."""
+    h = images.shape[1]
+    if h >= 256:
+        return image_grid(images[:16], cols=4, scale=1)
+    return image_grid(images[:64], cols=8, scale=max(1, 128 // h))
+
+
 def write_report(result: dict, out_json: str | Path, grid: np.ndarray | None = None) -> Path:
     """Write ``eval.json`` (and ``eval.png`` beside it) atomically."""
     from PIL import Image
@@ -156,6 +165,35 @@ def write_report(result: dict, out_json: str | Path, grid: np.ndarray | None = N
     with atomic_output_file(out_json) as tmp:
         tmp.write_text(json.dumps(result, indent=2) + "\n")
     return out_json
+
+
+def evaluate_source(gen, prompts: str = "toy-val", n: int = 500, eval_models: str | Path | None = None,
+                    real: "RealEvalInputs | None" = None, pipeline_dir=None, onnx_dir=None, bundle_dir=None,
+                    callback=None) -> tuple[dict, np.ndarray]:
+    """Generate an eval set with ``gen`` (a ``GenerateConfig``; its seed seeds the prompt set too) from one
+    source (a pipeline folder, an ONNX folder or a bundle) and score it; (result, images).
+
+    The toy protocol: ``n`` prompts of the set ``prompts``, toy FID/CLIP and the attribute checker of
+    ``eval_models`` (default: the toy teacher's). With ``real`` (see :func:`check_real_eval_inputs`): its
+    captions, Inception FID against its reference images, CLIP score with its local CLIP. This is the one
+    implementation ``pocketdiff eval``, the build's eval stage and the regression gate share."""
+    from pocketdiff.generate import generate_many
+    from pocketdiff.toyworld import TOY_TEACHER_DIR
+
+    source = {"pipeline_dir": pipeline_dir, "onnx_dir": onnx_dir, "bundle_dir": bundle_dir}
+    if sum(v is not None for v in source.values()) != 1:
+        raise PocketdiffError(f"evaluate one source: a pipeline, an ONNX folder or a bundle; got {source}")
+    if real is not None:
+        images = generate_many(real.captions, gen, **source, callback=callback)
+        result = evaluate_real(real, images)
+    else:
+        items = prompt_set(prompts, n, gen.seed)
+        images = generate_many([it.prompt for it in items], gen, **source, callback=callback)
+        result = evaluate_images(EvalModels.load(eval_models or TOY_TEACHER_DIR), items, images, seed=gen.seed)
+        result["prompts"] = prompts
+    result.update(seed=gen.seed, steps=gen.steps, guidance=gen.guidance, scheduler=gen.scheduler,
+                  source=str(next(v for v in source.values() if v is not None)))
+    return result, images
 
 
 BASELINE_STEPS = (50, 25, 8, 4)

@@ -77,19 +77,15 @@ def table(checks: list[Check]) -> str:
 def regress(bundle: str | Path, baseline_path: str | Path, eval_models: str | Path | None = None,
             out: str | Path | None = None) -> tuple[bool, list[Check], dict]:
     """Evaluate ``bundle`` as the baseline says; (passed, checks, eval result)."""
-    from pocketdiff.benchmarks.quality import EvalModels, evaluate_images, prompt_set
-    from pocketdiff.generate import GenerateConfig, generate_many
+    from pocketdiff.benchmarks.quality import evaluate_source
+    from pocketdiff.generate import GenerateConfig
     from pocketdiff.runtime.bundle import load_bundle
-    from pocketdiff.toyworld import TOY_TEACHER_DIR
 
     b = load_baseline(baseline_path)
     manifest = load_bundle(bundle, verify=True).manifest
     steps = b.get("steps") or manifest["defaults"]["steps"]
     cfg = GenerateConfig(prompt="", steps=steps, guidance=b["guidance"], seed=b["seed"]).validate()
-    items = prompt_set(b["prompts"], b["n"], b["seed"])
-    images = generate_many([it.prompt for it in items], cfg, bundle_dir=bundle)
-    result = evaluate_images(EvalModels.load(eval_models or TOY_TEACHER_DIR), items, images, seed=b["seed"])
-    result.update(prompts=b["prompts"], seed=b["seed"], steps=steps, guidance=b["guidance"], source=str(bundle))
+    result, _ = evaluate_source(cfg, b["prompts"], b["n"], eval_models, bundle_dir=bundle)
     checks = check(metric_values(result), b)
     if out is not None:
         from pocketdiff.pipedir import atomic_output_file
