@@ -183,12 +183,25 @@ def test_guidance_embedded_student_runs_one_unet_call_per_step(tiny_pipeline_dir
     assert _e2e(side, ms)["e2e_ms"] == 1.0 + 8 * 10.0 + 2.0
 
 
-def test_v_warmup_round_runs_before_the_halving_rounds(tiny_pipeline_dir, tmp_path):
+def test_v_warmup_round_runs_before_the_halving_rounds(tiny_pipeline_dir, tmp_path, monkeypatch):
+    import pocketdiff.distill.steps as steps_mod
     from pocketdiff.distill.steps import distill_steps, student_steps
     from pocketdiff.pipedir import read_history
 
-    out = distill_steps(tiny_pipeline_dir, tmp_path / "out", replace(SMOKE, rounds=1, iters=1, v_warmup_iters=2),
+    seen = []  # (substeps, the teacher's prediction type) of every distillation target
+
+    def spy(teacher, prediction_type, sched, z, t, s, substeps, *rest):
+        seen.append((substeps, prediction_type))
+        return real(teacher, prediction_type, sched, z, t, s, substeps, *rest)
+
+    real = steps_mod.distill_target
+    monkeypatch.setattr(steps_mod, "distill_target", spy)
+    out = distill_steps(tiny_pipeline_dir, tmp_path / "out", replace(SMOKE, rounds=2, iters=1, v_warmup_iters=2),
                         tmp_path / "work", progress=False)
-    assert student_steps(out) == 2
+    assert student_steps(out) == 1
     rounds = read_history(out)[-1].config["rounds"]
-    assert list(rounds)[0] in ("v-warmup", "round0") and rounds[list(rounds)[0]]["steps"] == 2
+    assert list(rounds) == ["v-warmup", "round1", "round2"] and rounds["v-warmup"]["student_steps"] == 4
+    # the warm-up only initialises round 1: round 1 still distils the given (epsilon) teacher, round 2 round 1's
+    # v-prediction student
+    assert dict.fromkeys(seen) == {(1, "epsilon"): None, (2, "epsilon"): None, (2, "v_prediction"): None}
+    assert seen[:2] == [(1, "epsilon")] * 2 and seen[-1] == (2, "v_prediction")

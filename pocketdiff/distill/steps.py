@@ -26,7 +26,10 @@ starts as its teacher), and learns the guided target in one pass: a vanilla samp
 It then needs one UNet evaluation per step instead of two.
 
 An optional warm-up round (``v_warmup_iters``) first teaches the student the teacher's own one-step
-prediction in v form at ``start_steps`` (SnapFusion fine-tunes its teacher to v-prediction first).
+prediction in v form at ``start_steps`` (SnapFusion fine-tunes its teacher to v-prediction first). It only
+initialises round 1's student: round 1's teacher stays the given teacher, whose prediction converts to v
+exactly, rather than the warm-up's approximation of it (with the warm-up as round 1's teacher, the toy
+16-step CFG student came out worse: FID 1.13 vs 0.87, accuracy 0.656 vs 0.680 without a warm-up).
 
 Each round checkpoints its training (accelerate, resumable) and, when done, writes its student as a
 complete pipeline (``WORKDIR/<round>/pipeline``); a rerun skips finished rounds.
@@ -323,7 +326,8 @@ def distill_steps(pipeline_dir: str | Path, out_dir: str | Path, cfg: StepDistil
                                                    "student_steps": r.steps, "round": r.name, "summary": summary,
                                                    "job": job})
             write_pipeline(out, done, [*read_history(pipeline_dir), record])
-        teacher, pred = student.requires_grad_(False), "v_prediction"
+        if r.substeps == 2:  # a halving round's student teaches the next; the v warm-up only initialises round 1
+            teacher, pred = student.requires_grad_(False), "v_prediction"
     final = workdir / plan(cfg)[-1].name / "pipeline"
     out = load_pipeline(final)
     history = read_history(final)
