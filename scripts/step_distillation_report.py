@@ -43,8 +43,11 @@ def rows_to_run(teacher: str, students: dict[str, Path], teacher_steps: list[int
             rec = read_history(pipe)[-1].config
             rows.append({"name": f"{name}, {student_steps(pipe)} steps", "model": name, "pipeline": str(pipe),
                          "steps": student_steps(pipe), "scheduler": None, "guidance_embed": rec["guidance_embed"],
-                         "round": rdir.name, "config": {k: rec[k] for k in ("cfg_prob", "w_min", "w_max", "iters",
-                                                                             "batch_size", "lr", "start_steps")},
+                         "round": rdir.name, "config": {**{k: rec[k] for k in ("cfg_prob", "w_min", "w_max", "iters",
+                                                                                "batch_size", "lr", "start_steps")},
+                                    # fields later than the first toy run's records
+                                    "lr_schedule": rec.get("lr_schedule", "constant"),
+                                    "v_warmup_iters": rec.get("v_warmup_iters", 0)},
                          "log": read_log(rdir / "train")})
     for r in rows:
         r["unet_evals_per_image"] = r["steps"] * (1 if r["guidance_embed"] or TEACHER_GUIDANCE <= 1 else 2)
@@ -149,12 +152,14 @@ def render(r: dict, out: Path) -> str:
             "ablation)", "embed": "the guidance-embedded single-pass student (`--guidance-embed --cfg-prob 1`)"}
     present = [m for m in dict.fromkeys(x["model"] for x in r["rows"]) if m != "teacher"]
     lines += ["", "Students: " + "; ".join(f"`{m}` = {what.get(m, m)}" for m in present) + ".", "",
-              "| student | round | cfg_prob | w range | iterations × batch | lr |", "|---|---|---|---|---|---|"]
+              "| student | round | cfg_prob | w range | iterations × batch | lr (schedule) | v warm-up before round 1 |",
+              "|---|---|---|---|---|---|---|"]
     for x in r["rows"]:
         if "config" in x:
             c = x["config"]
             lines.append(f"| {x['model']} | {x['round']} ({x['steps']} steps) | {c['cfg_prob']:g} | "
-                         f"[{c['w_min']:g}, {c['w_max']:g}] | {c['iters']} × {c['batch_size']} | {c['lr']:g} |")
+                         f"[{c['w_min']:g}, {c['w_max']:g}] | {c['iters']} × {c['batch_size']} | {c['lr']:g} "
+                         f"({c['lr_schedule']}) | {c['v_warmup_iters'] or 'none'} |")
     lines += ["", f"## Samples (the first 8 prompts, seeds 0-7; rows in the order of the table)", "",
               f"![grid]({out.name}_grid.png)", "", "Prompts: " + "; ".join(f"{i}. {p}" for i, p in
                                                                           enumerate(r["grid_prompts"])), "",
