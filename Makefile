@@ -107,14 +107,14 @@ bench-decoder-sd15: venv
 		--threads 2 --repeat 5 --json docs/sd15_decoder_benchmark.json --html docs/sd15_decoder_benchmark.html
 
 # The 8-step sampler on the toy teacher: CFG-aware step distillation 16 -> 8 in one round from the teacher (the
-# student first warmed up to v-prediction; cosine lr), the ablation without the CFG-aware term, and the
+# student first warmed up to v-prediction; cosine lr), then 8 -> 4, the ablation without the CFG-aware term, and the
 # guidance-embedded single-pass student; then the report. The three runs are independent (for the committed
 # report they ran side by side, one thread each, OMP_NUM_THREADS=1).
 STEPS := build/steps
 STEPS_COMMON := --pipeline $(TEACHER)/pipeline --start-steps 16 --rounds 1 --v-warmup-iters 400 --iters 2000 \
 	--batch-size 32 --lr 2e-4 --lr-schedule cosine --w-min 1.5 --w-max 3 --force
 steps-toy: venv
-	$(BIN)/pocketdiff distill-steps $(STEPS_COMMON) --out $(STEPS)/cfg --workdir $(STEPS)/cfg.work
+	$(BIN)/pocketdiff distill-steps $(STEPS_COMMON) --rounds 2 --out $(STEPS)/cfg --workdir $(STEPS)/cfg.work
 	$(BIN)/pocketdiff distill-steps $(STEPS_COMMON) --cfg-prob 0 --out $(STEPS)/vanilla --workdir $(STEPS)/vanilla.work
 	$(BIN)/pocketdiff distill-steps $(STEPS_COMMON) --guidance-embed --cfg-prob 1 --out $(STEPS)/embed \
 		--workdir $(STEPS)/embed.work
