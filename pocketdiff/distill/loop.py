@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from pocketdiff.errors import PocketdiffError
+from pocketdiff.errors import PocketdiffError, choice_error
 
 log = logging.getLogger(__name__)
 
@@ -34,8 +34,6 @@ LR_SCHEDULES = ("constant", "cosine")
 
 
 def check_lr_schedule(kind: str) -> str:
-    from pocketdiff.errors import choice_error
-
     if kind not in LR_SCHEDULES:
         raise choice_error("learning-rate schedule", kind, LR_SCHEDULES)
     return kind
