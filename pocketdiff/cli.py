@@ -393,7 +393,8 @@ def _cmd_distill_steps(args) -> int:
 
     cfg = StepDistillConfig(start_steps=args.start_steps, rounds=args.rounds, iters=args.iters,
                             v_warmup_iters=args.v_warmup_iters, batch_size=args.batch_size, lr=args.lr,
-                            lr_schedule=args.lr_schedule, cfg_prob=args.cfg_prob, w_min=args.w_min, w_max=args.w_max,
+                            lr_schedule=args.lr_schedule, ema_decay=args.ema_decay, cfg_prob=args.cfg_prob,
+                            w_min=args.w_min, w_max=args.w_max,
                             guidance_embed=args.guidance_embed, embed_dim=args.embed_dim,
                             caption_dropout=args.caption_dropout, data=args.data).validate()
     workdir = Path(args.workdir or f"{args.out}.work")
@@ -639,6 +640,8 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--batch-size", type=int, default=d.batch_size)
     ds.add_argument("--lr", type=float, default=d.lr)
     ds.add_argument("--lr-schedule", default=d.lr_schedule, help="per round: constant or cosine (decays to lr/20)")
+    ds.add_argument("--ema-decay", type=float, default=d.ema_decay,
+                    help="> 0: each round's student is the EMA of its weights at this decay (0: off)")
     ds.add_argument("--cfg-prob", type=float, default=d.cfg_prob, help="probability of the CFG-aware loss per sample")
     ds.add_argument("--w-min", type=float, default=d.w_min, help="CFG-aware guidance range, low end")
     ds.add_argument("--w-max", type=float, default=d.w_max, help="CFG-aware guidance range, high end")

@@ -7,7 +7,7 @@ from pocketdiff.distill.loop import Interrupted, LoopConfig, read_log, train
 from pocketdiff.errors import PocketdiffError
 
 
-def _job(workdir, steps, stop_after=None, lr=0.1):
+def _job(workdir, steps, stop_after=None, lr=0.1, ema_decay=0.0):
     torch.manual_seed(0)
     model = torch.nn.Linear(4, 1)
     opt = torch.optim.SGD(model.parameters(), lr=lr)
@@ -22,7 +22,8 @@ def _job(workdir, steps, stop_after=None, lr=0.1):
         return {"loss": (out ** 2).mean(), "mean_out": out.mean().detach()}
 
     summary = train(workdir, [model], opt, batch_fn, loss_fn, LoopConfig(steps=steps, checkpoint_every=4, log_every=1,
-                    progress=False), {"lr": lr, "steps": steps}, stop_after=stop_after, lr_scheduler=sched)
+                    progress=False, ema_decay=ema_decay), {"lr": lr, "steps": steps, "ema": ema_decay},
+                    stop_after=stop_after, lr_scheduler=sched)
     return model, summary
 
 
@@ -38,6 +39,37 @@ def test_resume_equals_uninterrupted(tmp_path):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
     log = read_log(tmp_path / "b")
     assert [r["step"] for r in log] == list(range(1, 11)) and {"loss", "mean_out"} <= set(log[0])
+
+
+def test_ema_is_the_average_of_the_trajectory_and_resumes_exactly(tmp_path):
+    raw, _ = _job(tmp_path / "raw", 10)
+    avg, _ = _job(tmp_path / "ema", 10, ema_decay=0.5)
+    # the same trajectory, averaged by hand: decay min(0.5, (1 + n) / (10 + n)) at update n (0 at n = 1)
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
+    data = torch.randn(64, 4, generator=torch.Generator().manual_seed(1))
+    shadow = [p.detach().clone() for p in model.parameters()]
+    for step in range(10):
+        opt.zero_grad()
+        (model(data[(step * 8) % 64:(step * 8) % 64 + 8]) ** 2).mean().backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        sched.step()
+        n = step  # EMAModel.get_decay: the update count minus one
+        d = 0.0 if n <= 0 else min(0.5, (1 + n) / (10 + n))
+        shadow = [d * s + (1 - d) * p.detach() for s, p in zip(shadow, model.parameters())]
+    for p, q, s in zip(raw.parameters(), avg.parameters(), shadow):
+        assert not torch.allclose(p, q)  # the average is not the last iterate
+        torch.testing.assert_close(q, s)
+    with pytest.raises(Interrupted):
+        _job(tmp_path / "cut", 10, stop_after=6, ema_decay=0.5)
+    resumed, _ = _job(tmp_path / "cut", 10, ema_decay=0.5)
+    for p, q in zip(avg.parameters(), resumed.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=0)
+    with pytest.raises(PocketdiffError, match="ema_decay must be in \\[0, 1\\).*got 1.0"):
+        LoopConfig(steps=1, ema_decay=1.0)
 
 
 def test_finished_job_is_not_retrained(tmp_path):

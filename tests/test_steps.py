@@ -15,7 +15,7 @@ from pocketdiff.distill.steps import (Schedule, StepDistillConfig, add_guidance_
 from pocketdiff.errors import PocketdiffError
 
 SMOKE = StepDistillConfig(start_steps=4, rounds=2, iters=2, batch_size=2, pool_size=8, checkpoint_every=1,
-                          cfg_prob=0.5, w_min=1.5, w_max=3.0)
+                          cfg_prob=0.5, w_min=1.5, w_max=3.0, ema_decay=0.9)
 
 
 def test_student_grid_is_diffusers_trailing_ddim():
@@ -93,6 +93,7 @@ def test_plan_and_bad_configs():
                             ({"w_min": 3.0, "w_max": 2.0}, "1 <= w_min <= w_max; got [3.0, 2.0]"),
                             ({"cfg_prob": 1.5}, "cfg_prob must be in [0, 1]"),
                             ({"lr_schedule": "step"}, "unknown learning-rate schedule 'step'"),
+                            ({"ema_decay": -0.1}, "ema_decay must be in [0, 1) (0 turns the EMA off), got -0.1"),
                             ({"data": "laion"}, "unknown step distillation data source 'laion'")]:
         with pytest.raises(PocketdiffError, match=re.escape(message)):
             replace(StepDistillConfig(), **change).validate()

@@ -8,7 +8,11 @@ A job is ``(models, optimizer, batch_fn, loss_fn)``:
   named loss terms (BK-SDM style) with the weighted total under ``"loss"``;
   every term is logged separately to ``log.jsonl``.
 
-State (models, optimizer, RNG) is saved with ``accelerator.save_state`` every ``checkpoint_every``
+With ``LoopConfig.ema_decay`` > 0, diffusers' ``EMAModel`` keeps an exponential moving average of every
+model's parameters (checkpointed with the rest, so a resumed run averages exactly as an uninterrupted
+one); at the end it is copied into the models, which are then the averaged weights.
+
+State (models, optimizer, RNG, EMA) is saved with ``accelerator.save_state`` every ``checkpoint_every``
 steps into ``workdir/checkpoint`` (written to a temp folder, then renamed), together with the step
 and a hash of the job config. Re-running with the same config resumes from there; a different
 config is refused rather than silently mixed.
@@ -61,10 +65,13 @@ class LoopConfig:
     log_every: int = 25
     grad_clip: float | None = 1.0
     progress: bool = True
+    ema_decay: float = 0.0  # 0: off; else the EMA decay (diffusers EMAModel: min(decay, (1+n)/(10+n)) at update n+1)
 
     def __post_init__(self):
         if self.steps < 0 or self.checkpoint_every < 1 or self.log_every < 1:
             raise PocketdiffError(f"bad loop config {self}: steps >= 0, checkpoint_every >= 1, log_every >= 1")
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise PocketdiffError(f"ema_decay must be in [0, 1) (0 turns the EMA off), got {self.ema_decay}")
 
 
 def config_hash(config: Any) -> str:
@@ -119,6 +126,13 @@ def train(workdir: str | Path, models: list, optimizer, batch_fn: Callable[[int]
     else:
         prepared = acc.prepare(*models, optimizer)
         models, optimizer = list(prepared[:-1]), prepared[-1]
+    params = [p for m in models for p in m.parameters()]
+    ema = None
+    if loop.ema_decay:
+        from diffusers.training_utils import EMAModel
+
+        ema = EMAModel(params, decay=loop.ema_decay)
+        acc.register_for_checkpointing(ema)  # before load_state, so a resumed run restores the average
     ckpt, meta_file = workdir / "checkpoint", workdir / "checkpoint" / "pocketdiff_loop.json"
     want_hash = config_hash(job_config)
     start, previous_wall = 0, 0.0
@@ -164,10 +178,12 @@ def train(workdir: str | Path, models: list, optimizer, batch_fn: Callable[[int]
             optimizer.zero_grad(set_to_none=True)
             acc.backward(terms["loss"])
             if loop.grad_clip:
-                acc.clip_grad_norm_([p for m in models for p in m.parameters()], loop.grad_clip)
+                acc.clip_grad_norm_(params, loop.grad_clip)
             optimizer.step()
             if lr_scheduler is not None:
                 lr_scheduler.step()
+            if ema is not None:
+                ema.step(params)
             step += 1
             bar.update(1)
             if (step % loop.log_every == 0 or step == loop.steps) and main:
@@ -182,6 +198,8 @@ def train(workdir: str | Path, models: list, optimizer, batch_fn: Callable[[int]
                 bar.close()
                 raise Interrupted(f"{name}: stopped at step {step} of {loop.steps} (checkpointed)")
     bar.close()
+    if ema is not None:  # the job's result is the average (the checkpoint keeps the raw weights and the EMA)
+        ema.copy_to(params)
     for m in models:
         m.eval()
     session = time.perf_counter() - t0 if step > start else 0.0

@@ -58,6 +58,7 @@ class StepDistillConfig:
     batch_size: int = 32
     lr: float = 1e-4
     lr_schedule: str = "constant"  # loop.LR_SCHEDULES, per round (cosine decays to lr / 20 at its last iteration)
+    ema_decay: float = 0.0  # > 0: each round's student is the EMA of its weights (loop.LoopConfig.ema_decay)
     cfg_prob: float = 0.1  # p: probability of the CFG-aware loss per sample (SnapFusion)
     w_min: float = 2.0  # CFG-aware guidance scale range (SnapFusion: [2, 14] for SD1.5)
     w_max: float = 14.0
@@ -89,6 +90,8 @@ class StepDistillConfig:
         if self.lr <= 0:
             raise PocketdiffError(f"lr must be > 0, got {self.lr}")
         check_lr_schedule(self.lr_schedule)
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise PocketdiffError(f"ema_decay must be in [0, 1) (0 turns the EMA off), got {self.ema_decay}")
         check_data_source(self.data, "step distillation data source")
         return self
 
@@ -312,7 +315,8 @@ def distill_steps(pipeline_dir: str | Path, out_dir: str | Path, cfg: StepDistil
                 return terms
 
             summary = train(rdir / "train", [student], opt, batch_fn, loss_fn,
-                            LoopConfig(steps=r.iters, checkpoint_every=cfg.checkpoint_every, progress=progress),
+                            LoopConfig(steps=r.iters, checkpoint_every=cfg.checkpoint_every, progress=progress,
+                                       ema_decay=cfg.ema_decay),
                             job, name=f"distill-steps {r.name}", stop_after=budget,
                             lr_scheduler=lr_schedule(opt, cfg.lr_schedule, r.iters, cfg.lr))
             if budget is not None:
