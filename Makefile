@@ -86,20 +86,27 @@ bench-slim-sd15: venv
 	$(BIN)/pocketdiff bench compare arch=sd15,steps=50 arch=sd15,spec=$(SD15_SPEC),steps=50 --components unet \
 		--threads 2 --repeat 5 --json docs/sd15_slim_benchmark.json --html docs/sd15_slim_benchmark.html
 
-# Efficient decoder on the toy teacher (issue 7): a 0.5-width pruned decoder and a TAESD-style decoder, each
-# distilled on the teacher's own latents (cached once per work dir), then the report (docs/efficient_decoder_toy.md).
+# Efficient decoder on the toy teacher (issue 7): a 0.5-width pruned decoder and TAESD-style decoders, each
+# distilled on the teacher's own latents (cached once per cache folder: 2000 generations, or 8000 for the last),
+# then the report (docs/efficient_decoder_toy.md).
 DEC := build/decoder
 DEC_COMMON := --pipeline $(TEACHER)/pipeline --guidance 2 --perceptual clip --perceptual-model $(TEACHER)/clip \
-	--batch-size 32 --latent-cache $(DEC)/latents --force
+	--batch-size 32 --force
+DEC_TINY16 := --kind tiny --tiny-channels 16 --steps 10000 --lr 1e-3 --w-perceptual 1
 decoder-toy: venv
-	$(BIN)/pocketdiff distill-decoder $(DEC_COMMON) --out $(DEC)/pruned --workdir $(DEC)/pruned.work --kind pruned \
-		--width 0.5 --steps 3000 --lr 2e-4 --lr-schedule constant
-	$(BIN)/pocketdiff distill-decoder $(DEC_COMMON) --out $(DEC)/tiny32 --workdir $(DEC)/tiny32.work --kind tiny \
-		--tiny-channels 32 --steps 3000 --lr 1e-3 --lr-schedule constant
-	$(BIN)/pocketdiff distill-decoder $(DEC_COMMON) --out $(DEC)/tiny16 --workdir $(DEC)/tiny16.work --kind tiny \
-		--tiny-channels 16 --tiny-blocks 2 --steps 10000 --lr 1e-3 --w-perceptual 1
+	$(BIN)/pocketdiff distill-decoder $(DEC_COMMON) --latent-cache $(DEC)/latents --out $(DEC)/pruned \
+		--workdir $(DEC)/pruned.work --kind pruned --width 0.5 --steps 3000 --lr 2e-4 --lr-schedule constant
+	$(BIN)/pocketdiff distill-decoder $(DEC_COMMON) --latent-cache $(DEC)/latents --out $(DEC)/tiny32 \
+		--workdir $(DEC)/tiny32.work --kind tiny --tiny-channels 32 --steps 3000 --lr 1e-3 --lr-schedule constant
+	$(BIN)/pocketdiff distill-decoder $(DEC_COMMON) --latent-cache $(DEC)/latents --out $(DEC)/tiny16 \
+		--workdir $(DEC)/tiny16.work $(DEC_TINY16) --tiny-blocks 2
+	$(BIN)/pocketdiff distill-decoder $(DEC_COMMON) --latent-cache $(DEC)/latents --out $(DEC)/tiny16x4 \
+		--workdir $(DEC)/tiny16x4.work $(DEC_TINY16) --tiny-blocks 4
+	$(BIN)/pocketdiff distill-decoder $(DEC_COMMON) --latent-cache $(DEC)/latents8k --n-generated 8000 \
+		--out $(DEC)/tiny16x4g8k --workdir $(DEC)/tiny16x4g8k.work $(DEC_TINY16) --tiny-blocks 4
 	$(BIN)/python scripts/efficient_decoder_report.py --student pruned=$(DEC)/pruned --student tiny32=$(DEC)/tiny32 \
-		--student tiny16=$(DEC)/tiny16 --work $(DEC) --out docs/efficient_decoder_toy
+		--student tiny16=$(DEC)/tiny16 --student tiny16x4=$(DEC)/tiny16x4 --student tiny16x4g8k=$(DEC)/tiny16x4g8k \
+		--work $(DEC) --out docs/efficient_decoder_toy
 
 # SD1.5's VAE decoder against the 0.5-width pruned decoder at 512², onnxruntime, side by side (random weights).
 bench-decoder-sd15: venv
@@ -107,9 +114,10 @@ bench-decoder-sd15: venv
 		--threads 2 --repeat 5 --json docs/sd15_decoder_benchmark.json --html docs/sd15_decoder_benchmark.html
 
 # The 8-step sampler on the toy teacher: CFG-aware step distillation 16 -> 8 in one round from the teacher (the
-# student first warmed up to v-prediction; cosine lr), then 8 -> 4, the ablation without the CFG-aware term, and the
-# guidance-embedded single-pass student; then the report. The three runs are independent (for the committed
-# report they ran side by side, one thread each, OMP_NUM_THREADS=1).
+# student first warmed up to v-prediction; cosine lr), then 8 -> 4, the ablation without the CFG-aware term, the
+# guidance-embedded single-pass student, and three variants of the CFG student (p = 0.5; an EMA of the weights;
+# 32 -> 16 -> 8 in two rounds); then the report. The runs are independent (for the committed report they ran
+# side by side, one thread each, OMP_NUM_THREADS=1).
 STEPS := build/steps
 STEPS_COMMON := --pipeline $(TEACHER)/pipeline --start-steps 16 --rounds 1 --v-warmup-iters 400 --iters 2000 \
 	--batch-size 32 --lr 2e-4 --lr-schedule cosine --w-min 1.5 --w-max 3 --force
@@ -118,8 +126,15 @@ steps-toy: venv
 	$(BIN)/pocketdiff distill-steps $(STEPS_COMMON) --cfg-prob 0 --out $(STEPS)/vanilla --workdir $(STEPS)/vanilla.work
 	$(BIN)/pocketdiff distill-steps $(STEPS_COMMON) --guidance-embed --cfg-prob 1 --out $(STEPS)/embed \
 		--workdir $(STEPS)/embed.work
+	$(BIN)/pocketdiff distill-steps $(STEPS_COMMON) --cfg-prob 0.5 --out $(STEPS)/cfg-p05 --workdir $(STEPS)/cfg-p05.work
+	$(BIN)/pocketdiff distill-steps $(STEPS_COMMON) --ema-decay 0.999 --out $(STEPS)/cfg-ema \
+		--workdir $(STEPS)/cfg-ema.work
+	$(BIN)/pocketdiff distill-steps $(STEPS_COMMON) --start-steps 32 --rounds 2 --out $(STEPS)/cfg-32 \
+		--workdir $(STEPS)/cfg-32.work
 	$(BIN)/python scripts/step_distillation_report.py --student cfg=$(STEPS)/cfg.work \
-		--student vanilla=$(STEPS)/vanilla.work --student embed=$(STEPS)/embed.work --out docs/step_distillation_toy
+		--student vanilla=$(STEPS)/vanilla.work --student embed=$(STEPS)/embed.work \
+		--student cfg-p05=$(STEPS)/cfg-p05.work --student cfg-ema=$(STEPS)/cfg-ema.work \
+		--student cfg-32=$(STEPS)/cfg-32.work --out docs/step_distillation_toy
 
 clean:
 	rm -rf build .pytest_cache

@@ -47,7 +47,8 @@ def rows_to_run(teacher: str, students: dict[str, Path], teacher_steps: list[int
                                                                                 "batch_size", "lr", "start_steps")},
                                     # fields later than the first toy run's records
                                     "lr_schedule": rec.get("lr_schedule", "constant"),
-                                    "v_warmup_iters": rec.get("v_warmup_iters", 0)},
+                                    "v_warmup_iters": rec.get("v_warmup_iters", 0),
+                                    "ema_decay": rec.get("ema_decay", 0.0)},
                          "log": read_log(rdir / "train")})
     for r in rows:
         r["unet_evals_per_image"] = r["steps"] * (1 if r["guidance_embed"] or TEACHER_GUIDANCE <= 1 else 2)
@@ -61,8 +62,12 @@ def plot_losses(rows: list[dict], out: Path) -> None:
     import matplotlib.pyplot as plt
 
     trained = [r for r in rows if r.get("log")]
-    fig, axes = plt.subplots(1, len(trained), figsize=(3.2 * len(trained), 2.8), squeeze=False)
-    for ax, r in zip(axes[0], trained):
+    cols = min(4, len(trained))
+    n_rows = -(-len(trained) // cols)
+    fig, axes = plt.subplots(n_rows, cols, figsize=(3.2 * cols, 2.8 * n_rows), squeeze=False)
+    for ax in axes.flat[len(trained):]:
+        ax.set_visible(False)
+    for ax, r in zip(axes.flat, trained):
         steps = [e["step"] for e in r["log"]]
         for term in ("loss", "vanilla", "cfg"):
             ax.plot(steps, [e[term] for e in r["log"]], label=term, lw=1)
@@ -149,17 +154,20 @@ def render(r: dict, out: Path) -> str:
                      f"{q['clip_score']:.2f} | {q['attribute_accuracy']:.3f} | {q['accuracy_val']:.3f} | "
                      f"{q['accuracy_heldout']:.3f} |")
     what = {"cfg": "CFG-aware distillation", "vanilla": "the same without the CFG-aware term (`--cfg-prob 0`, the "
-            "ablation)", "embed": "the guidance-embedded single-pass student (`--guidance-embed --cfg-prob 1`)"}
+            "ablation)", "embed": "the guidance-embedded single-pass student (`--guidance-embed --cfg-prob 1`)",
+            "cfg-p05": "CFG-aware distillation at p = 0.5 (`--cfg-prob 0.5`)",
+            "cfg-ema": "CFG-aware distillation with an EMA of the weights (`--ema-decay 0.999`)",
+            "cfg-32": "CFG-aware distillation in two rounds, 32 → 16 → 8 (`--start-steps 32 --rounds 2`)"}
     present = [m for m in dict.fromkeys(x["model"] for x in r["rows"]) if m != "teacher"]
     lines += ["", "Students: " + "; ".join(f"`{m}` = {what.get(m, m)}" for m in present) + ".", "",
-              "| student | round | cfg_prob | w range | iterations × batch | lr (schedule) | v warm-up before round 1 |",
-              "|---|---|---|---|---|---|---|"]
+              "| student | round | cfg_prob | w range | iterations × batch | lr (schedule) | EMA decay | "
+              "v warm-up before round 1 |", "|---|---|---|---|---|---|---|---|"]
     for x in r["rows"]:
         if "config" in x:
             c = x["config"]
             lines.append(f"| {x['model']} | {x['round']} ({x['steps']} steps) | {c['cfg_prob']:g} | "
                          f"[{c['w_min']:g}, {c['w_max']:g}] | {c['iters']} × {c['batch_size']} | {c['lr']:g} "
-                         f"({c['lr_schedule']}) | {c['v_warmup_iters'] or 'none'} |")
+                         f"({c['lr_schedule']}) | {c['ema_decay'] or 'none'} | {c['v_warmup_iters'] or 'none'} |")
     lines += ["", f"## Samples (the first 8 prompts, seeds 0-7; rows in the order of the table)", "",
               f"![grid]({out.name}_grid.png)", "", "Prompts: " + "; ".join(f"{i}. {p}" for i, p in
                                                                           enumerate(r["grid_prompts"])), "",
