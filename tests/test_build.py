@@ -163,6 +163,14 @@ def test_regression_gate_fails_on_a_degraded_bundle(tmp_path):
     (tmp_path / "typo.json").write_text(json.dumps({**base, "metrics": {"fdi": {"max": 1}}}))
     with pytest.raises(PocketdiffError, match="unknown metric 'fdi'"):
         main(["--debug", "regress", "--bundle", str(good), "--baseline", str(tmp_path / "typo.json")])
+    # the gate still refuses a tampered bundle (the sampler checks the checksums; regress does not repeat it)
+    entry = json.loads((good / "manifest.json").read_text())["files"][0]
+    f = good / entry["path"]
+    data = bytearray(f.read_bytes())
+    data[-1] ^= 0xFF
+    f.write_bytes(bytes(data))
+    with pytest.raises(PocketdiffError, match=f"bundle file {entry['path']} fails its sha256 check"):
+        main(["--debug", "regress", "--bundle", str(good), "--baseline", str(tmp_path / "base.json")])
 
 
 def test_build_under_a_two_process_launch(tiny_pipeline_dir, tmp_path):

@@ -82,7 +82,7 @@ def regress(bundle: str | Path, baseline_path: str | Path, eval_models: str | Pa
     from pocketdiff.runtime.bundle import load_bundle
 
     b = load_baseline(baseline_path)
-    manifest = load_bundle(bundle, verify=True).manifest
+    manifest = load_bundle(bundle, verify=False).manifest  # the sampler below verifies the checksums once
     steps = b.get("steps") or manifest["defaults"]["steps"]
     cfg = GenerateConfig(prompt="", steps=steps, guidance=b["guidance"], seed=b["seed"]).validate()
     result, _ = evaluate_source(cfg, b["prompts"], b["n"], eval_models, bundle_dir=bundle)
