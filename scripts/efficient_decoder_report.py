@@ -136,13 +136,14 @@ def render(r: dict) -> str:
             f"({100 * (sq['fid'] / tq['fid'] - 1):+.1f}%): {ok(sq['fid'] <= 1.05 * tq['fid'])} | "
             f"{100 * sq['attribute_accuracy']:.1f} vs {100 * tq['attribute_accuracy']:.1f}: "
             f"{ok(tq['attribute_accuracy'] - sq['attribute_accuracy'] <= 0.01)} | {la['ratio']:.3f}: {ok(la['ratio'] <= 0.3)} |")
-    lines += ["", "## Training settings", "", "| decoder | architecture | steps × batch | lr (schedule) | loss weights l1 / l2 / "
-              "perceptual |", "|---|---|---|---|---|"]
+    lines += ["", "## Training settings", "", "| decoder | architecture | training latents (generated + encoded) | "
+              "steps × batch | lr (schedule) | loss weights l1 / l2 / perceptual |", "|---|---|---|---|---|---|"]
     for name, s in r["students"].items():
         c = s["config"]
         arch = (f"pruned AutoencoderKL decoder, width {c['width']}" if s["kind"] == "pruned" else
                 f"TAESD-style, {c['tiny_channels']} ch × {c.get('tiny_blocks', 3)} blocks per stage")
-        lines.append(f"| {name} | {arch} | {c['steps']} × {c['batch_size']} | {c['lr']:g} "
+        lines.append(f"| {name} | {arch} | {c['n_generated']} + {c['n_encoded']} | {c['steps']} × {c['batch_size']} | "
+                     f"{c['lr']:g} "
                      f"({c.get('lr_schedule', 'constant')}) | {c['w_l1']:g} / {c['w_l2']:g} / {c['w_perceptual']:g} "
                      f"({c['perceptual']}) |")
     lines += ["", f"## Fidelity on held-out latents ({r['heldout']['n']} teacher generations, `val` prompts, seed "
