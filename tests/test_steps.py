@@ -99,6 +99,19 @@ def test_plan_and_bad_configs():
             replace(StepDistillConfig(), **change).validate()
 
 
+def test_a_round_trained_before_a_config_field_existed_matches_only_its_default():
+    from dataclasses import asdict
+
+    from pocketdiff.distill.steps import same_job
+
+    job = {**asdict(StepDistillConfig()), "round": {"name": "round1"}}
+    old = {k: v for k, v in job.items() if k != "ema_decay"}  # recorded before ema_decay was added
+    assert same_job(old, job)
+    assert not same_job(old, {**job, "ema_decay": 0.999})
+    assert not same_job({**old, "lr": 3e-4}, job) and not same_job(None, job)
+    assert not same_job({k: v for k, v in job.items() if k != "round"}, job)  # only config fields may be added
+
+
 def test_two_round_smoke_with_resume_mid_round(tiny_pipeline_dir, tmp_path):
     from pocketdiff.distill.loop import Interrupted, read_log
     from pocketdiff.distill.steps import distill_steps

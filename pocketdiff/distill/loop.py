@@ -54,6 +54,12 @@ def lr_schedule(optimizer, kind: str, steps: int, lr: float):
     return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1), eta_min=lr / 20)
 
 
+def check_ema_decay(decay: float) -> float:
+    if not 0.0 <= decay < 1.0:
+        raise PocketdiffError(f"ema_decay must be in [0, 1) (0 turns the EMA off), got {decay}")
+    return decay
+
+
 class Interrupted(Exception):
     """Raised by :func:`train` when ``stop_after`` ends a run early (after checkpointing)."""
 
@@ -70,8 +76,7 @@ class LoopConfig:
     def __post_init__(self):
         if self.steps < 0 or self.checkpoint_every < 1 or self.log_every < 1:
             raise PocketdiffError(f"bad loop config {self}: steps >= 0, checkpoint_every >= 1, log_every >= 1")
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise PocketdiffError(f"ema_decay must be in [0, 1) (0 turns the EMA off), got {self.ema_decay}")
+        check_ema_decay(self.ema_decay)
 
 
 def config_hash(config: Any) -> str:

@@ -72,7 +72,7 @@ class StepDistillConfig:
 
     def validate(self) -> "StepDistillConfig":
         from pocketdiff.distill.data import check_data_source
-        from pocketdiff.distill.loop import check_lr_schedule
+        from pocketdiff.distill.loop import check_ema_decay, check_lr_schedule
 
         if self.rounds < 1 or self.start_steps < 2 ** self.rounds or self.start_steps % 2 ** self.rounds:
             raise PocketdiffError(f"start_steps must be divisible by 2**rounds (each round halves it); got "
@@ -90,8 +90,7 @@ class StepDistillConfig:
         if self.lr <= 0:
             raise PocketdiffError(f"lr must be > 0, got {self.lr}")
         check_lr_schedule(self.lr_schedule)
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise PocketdiffError(f"ema_decay must be in [0, 1) (0 turns the EMA off), got {self.ema_decay}")
+        check_ema_decay(self.ema_decay)
         check_data_source(self.data, "step distillation data source")
         return self
 
@@ -224,6 +223,16 @@ def _hidden(text_encoder, ids: torch.Tensor) -> torch.Tensor:
         return torch.cat([text_encoder(ids[i:i + 256].to(dev))[0].cpu() for i in range(0, len(ids), 256)])
 
 
+def same_job(recorded: dict | None, job: dict) -> bool:
+    """Whether a finished round's recorded job is ``job``. A config field added after the round was trained
+    is absent from its record; it matches when ``job`` has it at its default, which is the old behaviour."""
+    if recorded is None:
+        return False
+    defaults = asdict(StepDistillConfig())
+    added = {k: v for k, v in job.items() if k not in recorded and k in defaults and v == defaults[k]}
+    return {**recorded, **added} == job
+
+
 def distill_steps(pipeline_dir: str | Path, out_dir: str | Path, cfg: StepDistillConfig, workdir: str | Path,
                   teacher_dir: str | Path | None = None, stop_after: int | None = None, progress: bool = True,
                   overwrite: bool = False) -> Path:
@@ -273,7 +282,7 @@ def distill_steps(pipeline_dir: str | Path, out_dir: str | Path, cfg: StepDistil
         job = {**{k: v for k, v in asdict(cfg).items() if k != "rounds"}, **fingerprint, "round": asdict(r)}
         if done.is_dir():  # finished on an earlier run (later rounds may be added: ``rounds`` is not in the job)
             record = read_history(done)[-1].config
-            if record.get("job") != json.loads(json.dumps(job)):
+            if not same_job(record.get("job"), json.loads(json.dumps(job))):
                 raise PocketdiffError(f"{done} was trained with another config ({record.get('job')}); use a new "
                                       f"work dir or delete it")
             student = load_pipeline(done).unet.to(dev)
