@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +22,12 @@ from tqdm import tqdm
 
 from pocketdiff.benchmarks.quality import EvalModels, evaluate_images, image_grid, prompt_set
 from pocketdiff.distill.loop import read_log
-from pocketdiff.distill.steps import student_steps
+from pocketdiff.distill.steps import StepDistillConfig, student_steps
 from pocketdiff.generate import GenerateConfig, generate_many
 from pocketdiff.pipedir import read_history
 from pocketdiff.toyworld import TEACHER_GUIDANCE, TOY_TEACHER_DIR
 
+DEFAULTS = asdict(StepDistillConfig())
 TARGETS = ("8-step CFG student: FID ≤ the 50-step teacher's", "8-step CFG student: accuracy ≥ teacher (50) − 1 point",
            "8-step CFG student beats the teacher at 8 steps (FID and accuracy)",
            "8-step guidance-embedded student: accuracy within 2 points of the 8-step CFG student, half the UNet "
@@ -45,10 +47,9 @@ def rows_to_run(teacher: str, students: dict[str, Path], teacher_steps: list[int
                          "steps": student_steps(pipe), "scheduler": None, "guidance_embed": rec["guidance_embed"],
                          "round": rdir.name, "config": {**{k: rec[k] for k in ("cfg_prob", "w_min", "w_max", "iters",
                                                                                 "batch_size", "lr", "start_steps")},
-                                    # fields later than the first toy run's records
-                                    "lr_schedule": rec.get("lr_schedule", "constant"),
-                                    "v_warmup_iters": rec.get("v_warmup_iters", 0),
-                                    "ema_decay": rec.get("ema_decay", 0.0)},
+                                    # fields later than a round's record stand at their default (the old behaviour)
+                                    **{k: rec.get(k, DEFAULTS[k]) for k in ("lr_schedule", "v_warmup_iters",
+                                                                            "ema_decay")}},
                          "log": read_log(rdir / "train")})
     for r in rows:
         r["unet_evals_per_image"] = r["steps"] * (1 if r["guidance_embed"] or TEACHER_GUIDANCE <= 1 else 2)
