@@ -389,7 +389,7 @@ def _cmd_regress(args) -> int:
 
 
 def _cmd_distill_steps(args) -> int:
-    from pocketdiff.distill.steps import StepDistillConfig, distill_steps
+    from pocketdiff.distill.steps import StepDistillConfig, distill_steps, plan
 
     cfg = StepDistillConfig(start_steps=args.start_steps, rounds=args.rounds, iters=args.iters,
                             v_warmup_iters=args.v_warmup_iters, batch_size=args.batch_size, lr=args.lr,
@@ -400,7 +400,7 @@ def _cmd_distill_steps(args) -> int:
     workdir = Path(args.workdir or f"{args.out}.work")
     out = distill_steps(args.pipeline, args.out, cfg, workdir, teacher_dir=args.teacher, progress=not args.no_progress,
                         overwrite=args.force)
-    last = cfg.start_steps // 2 ** cfg.rounds
+    last = plan(cfg)[-1].steps
     print(f"wrote the {last}-step student pipeline to {out} (sample it with DDIM at {last} steps); every round's "
           f"student, checkpoints and loss logs in {workdir}")
     return 0

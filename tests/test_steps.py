@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from pocketdiff.distill.steps import (Schedule, StepDistillConfig, add_guidance_embedding, distill_target, plan,
-                                      student_grid, student_scheduler, student_steps)
+                                      student_grid, student_scheduler, student_steps, teacher_grid)
 from pocketdiff.errors import PocketdiffError
 
 SMOKE = StepDistillConfig(start_steps=4, rounds=2, iters=2, batch_size=2, pool_size=8, checkpoint_every=1,
@@ -56,40 +56,64 @@ def test_added_guidance_embedding_starts_as_the_teacher(tiny_pipe):
     assert torch.allclose(ref, got, atol=1e-6)
 
 
-def test_two_step_target_lands_where_diffusers_ddim_lands(tiny_pipe):
-    """A one-step v student that predicts the target lands, under diffusers' own v-prediction DDIM at
-    4 steps, exactly where diffusers' epsilon DDIM lands after two CFG-guided teacher steps at 8."""
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+@pytest.mark.parametrize("n,substeps", [(4, 2), (8, 2), (16, 2), (4, 4)])
+def test_target_lands_where_diffusers_ddim_lands_at_every_grid_point(tiny_pipe, prediction_type, n, substeps):
+    """For every student step i (the last included), a one-step v student that predicts the target lands, under
+    diffusers' own v-prediction DDIM at n steps, exactly where diffusers' DDIM lands after ``substeps`` guided
+    teacher steps at n * substeps (the teacher read as an epsilon or a v model; one CFG row, one plain)."""
     from diffusers import DDIMScheduler
 
     unet = tiny_pipe.unet.eval()
-    config = dict(tiny_pipe.scheduler.config)
+    config = {**tiny_pipe.scheduler.config, "prediction_type": prediction_type}
     teacher_sched = DDIMScheduler.from_config(config, timestep_spacing="trailing")
-    teacher_sched.set_timesteps(8)
+    teacher_sched.set_timesteps(n * substeps)
     student = student_scheduler(config)
-    student.set_timesteps(4)
-    g = torch.Generator().manual_seed(0)
+    student.set_timesteps(n)
+    t_grid, s_grid = student_grid(n, 1000)
+    queries, lands = teacher_grid(n, substeps, 1000)
+    assert queries[:, 0].tolist() == t_grid.tolist() == student.timesteps.tolist()
+    g = torch.Generator().manual_seed(n)
     z = torch.randn(2, 4, 8, 8, generator=g)
     cond, uncond = torch.randn(2, 77, 32, generator=g), torch.randn(2, 77, 32, generator=g)
     w, cfg_rows = torch.tensor([1.0, 3.0]), torch.tensor([False, True])
-    i = 1  # student step t=499 -> 249, teacher steps 499 -> 374 -> 249
-    t0 = student.timesteps[i]
-    target = distill_target(unet, "epsilon", Schedule(config), z, torch.full((2,), int(t0)), torch.full((2,), int(t0) - 250),
-                            2, cond, uncond, w, cfg_rows)
-    x = z.clone()
-    with torch.no_grad():
-        for t in teacher_sched.timesteps[2 * i:2 * i + 2]:
-            eps = unet(torch.cat([x, x]), t, torch.cat([uncond, cond])).sample
-            eps_u, eps_c = eps.chunk(2)
-            guided = torch.where(cfg_rows.view(-1, 1, 1, 1), eps_u + w.view(-1, 1, 1, 1) * (eps_c - eps_u), eps_c)
-            x = teacher_sched.step(guided, t, x).prev_sample
-    landed = student.step(target, t0, z).prev_sample
-    assert torch.allclose(landed, x, atol=1e-4), (landed - x).abs().max()
+    for i in range(n):
+        rows = lambda x: torch.full((2,) + x.shape, 0, dtype=x.dtype) + x  # noqa: E731  [k] -> [2, k]
+        target = distill_target(unet, prediction_type, Schedule(config), z, t_grid[i].repeat(2), s_grid[i].repeat(2),
+                                rows(queries[i]), rows(lands[i]), cond, uncond, w, cfg_rows)
+        x = z.clone()
+        with torch.no_grad():
+            for t in teacher_sched.timesteps[substeps * i:substeps * (i + 1)]:
+                out = unet(torch.cat([x, x]), t, torch.cat([uncond, cond])).sample
+                out_u, out_c = out.chunk(2)
+                guided = torch.where(cfg_rows.view(-1, 1, 1, 1), out_u + w.view(-1, 1, 1, 1) * (out_c - out_u), out_c)
+                x = teacher_sched.step(guided, t, x).prev_sample
+        landed = student.step(target, student.timesteps[i], z).prev_sample
+        assert torch.allclose(landed, x, atol=2e-5), (i, (landed - x).abs().max())
+
+
+def test_teacher_grid_midpoints_are_the_finer_grid():
+    """The 8-step student's midpoints are diffusers' 16-step trailing grid (937, 812, ...), never (t + s) // 2."""
+    from diffusers import DDIMScheduler
+
+    for n in (4, 8, 16):
+        d = DDIMScheduler(timestep_spacing="trailing")
+        d.set_timesteps(2 * n)
+        queries, _ = teacher_grid(n, 2, 1000)
+        assert queries.flatten().tolist() == d.timesteps.tolist()
+    mids = teacher_grid(8, 2, 1000)[0][:, 1]
+    assert mids.tolist() == [937, 811, 687, 561, 437, 311, 187, 61]  # diffusers: round(1000 - 62.5 k) - 1
+    t, s = student_grid(8, 1000)
+    assert int(((t + s) // 2 != mids).sum()) == 4  # the old midpoint missed half of them
 
 
 def test_plan_and_bad_configs():
     assert [(r.name, r.steps, r.substeps) for r in plan(StepDistillConfig(start_steps=32, rounds=3, v_warmup_iters=5))] \
         == [("v-warmup", 32, 1), ("round1", 16, 2), ("round2", 8, 2), ("round3", 4, 2)]
-    for change, message in [({"start_steps": 12, "rounds": 3}, "start_steps must be divisible by 2**rounds"),
+    assert [(r.steps, r.substeps) for r in plan(StepDistillConfig(start_steps=32, rounds=2, round1_substeps=4))] \
+        == [(8, 4), (4, 2)]
+    for change, message in [({"start_steps": 12, "rounds": 3}, "start_steps must be divisible by round1_substeps"),
+                            ({"round1_substeps": 1}, "round1_substeps must be >= 2"),
                             ({"w_min": 3.0, "w_max": 2.0}, "1 <= w_min <= w_max; got [3.0, 2.0]"),
                             ({"cfg_prob": 1.5}, "cfg_prob must be in [0, 1]"),
                             ({"lr_schedule": "step"}, "unknown learning-rate schedule 'step'"),
@@ -204,9 +228,9 @@ def test_v_warmup_round_runs_before_the_halving_rounds(tiny_pipeline_dir, tmp_pa
 
     seen = []  # (substeps, the teacher's prediction type) of every distillation target
 
-    def spy(teacher, prediction_type, sched, z, t, s, substeps, *rest):
-        seen.append((substeps, prediction_type))
-        return real(teacher, prediction_type, sched, z, t, s, substeps, *rest)
+    def spy(teacher, prediction_type, sched, z, t, s, queries, *rest):
+        seen.append((queries.shape[1], prediction_type))
+        return real(teacher, prediction_type, sched, z, t, s, queries, *rest)
 
     real = steps_mod.distill_target
     monkeypatch.setattr(steps_mod, "distill_target", spy)

@@ -53,6 +53,7 @@ from pocketdiff.errors import PocketdiffError, choice_error
 class StepDistillConfig:
     start_steps: int = 32  # the teacher's DDIM steps in round 1
     rounds: int = 2  # each halves the steps: 32 -> 16 -> 8
+    round1_substeps: int = 2  # teacher DDIM steps per student step in round 1 (2: a halving; 4: 32 -> 8 at once)
     iters: int = 2000  # training iterations per round
     v_warmup_iters: int = 0  # optional round 0: the teacher's own prediction, in v form, at start_steps
     batch_size: int = 32
@@ -74,9 +75,14 @@ class StepDistillConfig:
         from pocketdiff.distill.data import check_data_source
         from pocketdiff.distill.loop import check_ema_decay, check_lr_schedule
 
-        if self.rounds < 1 or self.start_steps < 2 ** self.rounds or self.start_steps % 2 ** self.rounds:
-            raise PocketdiffError(f"start_steps must be divisible by 2**rounds (each round halves it); got "
-                                  f"start_steps {self.start_steps}, rounds {self.rounds}")
+        if self.round1_substeps < 2:
+            raise PocketdiffError(f"round1_substeps must be >= 2 (teacher steps per student step), got "
+                                  f"{self.round1_substeps}")
+        div = self.round1_substeps * 2 ** (self.rounds - 1)
+        if self.rounds < 1 or self.start_steps < div or self.start_steps % div:
+            raise PocketdiffError(f"start_steps must be divisible by round1_substeps * 2**(rounds - 1) (round 1 divides "
+                                  f"it by round1_substeps, each later round halves it); got start_steps "
+                                  f"{self.start_steps}, rounds {self.rounds}, round1_substeps {self.round1_substeps}")
         if min(self.iters, self.v_warmup_iters) < 0 or min(self.batch_size, self.pool_size, self.checkpoint_every,
                                                              self.embed_dim) < 1:
             raise PocketdiffError(f"iters and v_warmup_iters must be >= 0, batch_size, pool_size, checkpoint_every "
@@ -99,24 +105,39 @@ class StepDistillConfig:
 class Round:
     name: str  # the work subfolder
     steps: int  # the student's sampler steps
-    substeps: int  # teacher DDIM steps per student step: 2 (a halving round) or 1 (the v warm-up)
+    substeps: int  # teacher DDIM steps per student step: 1 (the v warm-up), 2 (a halving round) or round1_substeps
     iters: int
 
 
 def plan(cfg: StepDistillConfig) -> list[Round]:
-    """The rounds in order: an optional v warm-up, then ``rounds`` halvings."""
+    """The rounds in order: an optional v warm-up, round 1 (``start_steps / round1_substeps`` steps), then
+    ``rounds - 1`` halvings."""
     out = [Round("v-warmup", cfg.start_steps, 1, cfg.v_warmup_iters)] if cfg.v_warmup_iters else []
-    return out + [Round(f"round{r}", cfg.start_steps // 2 ** r, 2, cfg.iters) for r in range(1, cfg.rounds + 1)]
+    k = cfg.round1_substeps
+    return out + [Round(f"round{r}", cfg.start_steps // (k * 2 ** (r - 1)), k if r == 1 else 2, cfg.iters)
+                  for r in range(1, cfg.rounds + 1)]
 
 
 def student_grid(steps: int, num_train_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(t [n], s [n]): the timesteps diffusers' DDIM runs at ``steps`` with ``timestep_spacing="trailing"``,
-    and the timestep each step lands on (``t - T // n``; negative = the final alpha)."""
+    and the timestep each step lands on (``t - T // n``, as ``DDIMScheduler.step`` computes it; negative =
+    the final alpha)."""
     t_max = num_train_timesteps
     if steps > t_max:
         raise PocketdiffError(f"{steps} steps exceed the {t_max} training timesteps")
     t = np.round(np.arange(t_max, 0, -t_max / steps)).astype(np.int64) - 1
     return torch.from_numpy(t), torch.from_numpy(t - t_max // steps)
+
+
+def teacher_grid(steps: int, substeps: int, num_train_timesteps: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(queries [n, k], lands [n, k]): the ``k = substeps`` DDIM steps the teacher takes for student step i,
+    exactly as diffusers' trailing DDIM runs the teacher at ``n * k`` steps: step j of student step i queries
+    the teacher at that grid's timestep ``n*k``-grid[i*k + j] and lands at it minus ``T // (n*k)``.
+
+    The queries are the timesteps the teacher was sampled (and, for a distilled teacher, trained) at: at 8
+    student steps the midpoints are 937, 812, 687, ... (16-step grid), not ``(t + s) // 2`` (936, ...)."""
+    q, lands = student_grid(steps * substeps, num_train_timesteps)
+    return q.view(steps, substeps), lands.view(steps, substeps)
 
 
 def guidance_scale_embedding(w: torch.Tensor, dim: int) -> torch.Tensor:
@@ -191,15 +212,15 @@ def to_x0_eps(out: torch.Tensor, prediction_type: str, sched: "Schedule", z, t) 
     raise choice_error("teacher prediction_type", prediction_type, ("epsilon", "v_prediction"))
 
 
-def distill_target(teacher, prediction_type: str, sched: Schedule, z, t, s, substeps: int, cond, uncond, w, cfg_rows
+def distill_target(teacher, prediction_type: str, sched: Schedule, z, t, s, queries, lands, cond, uncond, w, cfg_rows
                    ) -> torch.Tensor:
-    """ṽ [B,C,h,w]: the v a one-step DDIM student must predict at (z, t) to land where the teacher's
-    ``substeps`` guided DDIM steps from t to s land."""
+    """ṽ [B,C,h,w]: the v a one-step DDIM student (at z, from t [B], landing at s [B]) must predict to land
+    where the teacher's guided DDIM steps land: step j queries the teacher at ``queries[:, j]`` and lands at
+    ``lands[:, j]`` (``teacher_grid``; ``queries[:, 0] == t``)."""
     a_t, s_t = sched.alpha_sigma(t)
-    edges = [t, (t + s) // 2, s] if substeps == 2 else [t, s]
     x = z
     with torch.no_grad():
-        for u, u_next in zip(edges[:-1], edges[1:]):
+        for u, u_next in zip(queries.unbind(1), lands.unbind(1)):
             x0, eps = to_x0_eps(guided_output(teacher, x, u, cond, uncond, w, cfg_rows), prediction_type, sched, x, u)
             a_n, s_n = sched.alpha_sigma(u_next)
             x = a_n * x0 + s_n * eps  # DDIM (eta 0)
@@ -297,9 +318,10 @@ def distill_steps(pipeline_dir: str | Path, out_dir: str | Path, cfg: StepDistil
             if cfg.guidance_embed:
                 student = add_guidance_embedding(student, cfg.embed_dim)
             t_grid, s_grid = student_grid(r.steps, sched.num_train_timesteps)
+            q_grid, l_grid = teacher_grid(r.steps, r.substeps, sched.num_train_timesteps)
             opt = torch.optim.AdamW(student.parameters(), lr=cfg.lr, weight_decay=0.0)
 
-            def batch_fn(step, r=r, t_grid=t_grid, s_grid=s_grid):
+            def batch_fn(step, r=r, t_grid=t_grid, s_grid=s_grid, q_grid=q_grid, l_grid=l_grid):
                 g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 7919 + r.steps)
                 idx = torch.randint(0, len(latents), (cfg.batch_size,), generator=g)
                 i = torch.randint(0, r.steps, (cfg.batch_size,), generator=g)
@@ -308,14 +330,14 @@ def distill_steps(pipeline_dir: str | Path, out_dir: str | Path, cfg: StepDistil
                 dropped = (torch.rand(cfg.batch_size, generator=g) < cfg.caption_dropout) & ~cfg_rows
                 w = cfg.w_min + (cfg.w_max - cfg.w_min) * torch.rand(cfg.batch_size, generator=g)
                 cond = torch.where(dropped.view(-1, 1, 1), empty_hidden, hidden[idx])
-                return latents[idx], noise, t_grid[i], s_grid[i], cond, w, cfg_rows
+                return latents[idx], noise, t_grid[i], s_grid[i], q_grid[i], l_grid[i], cond, w, cfg_rows
 
             def loss_fn(models, b, r=r, teacher=teacher, pred=pred):
-                x0, noise, t, s, cond, w, cfg_rows = b
+                x0, noise, t, s, queries, lands, cond, w, cfg_rows = b  # queries, lands: [B, substeps]
                 a, sg = sched.alpha_sigma(t)
                 z = a * x0 + sg * noise  # [B,C,h,w]
                 uncond = empty_on_dev.expand_as(cond)
-                target = distill_target(teacher, pred, sched, z, t, s, r.substeps, cond, uncond, w, cfg_rows)
+                target = distill_target(teacher, pred, sched, z, t, s, queries, lands, cond, uncond, w, cfg_rows)
                 v = guided_output(models[0], z, t, cond, uncond, w, cfg_rows)  # the student predicts v
                 per = ((v - target) ** 2).mean(dim=(1, 2, 3))  # [B]
                 n = len(per)
@@ -339,7 +361,7 @@ def distill_steps(pipeline_dir: str | Path, out_dir: str | Path, cfg: StepDistil
                                                    "student_steps": r.steps, "round": r.name, "summary": summary,
                                                    "job": job})
             write_pipeline(out, done, [*read_history(pipeline_dir), record])
-        if r.substeps == 2:  # a halving round's student teaches the next; the v warm-up only initialises round 1
+        if r.substeps > 1:  # a distillation round's student teaches the next; the v warm-up only initialises round 1
             teacher, pred = student.requires_grad_(False), "v_prediction"
     final = workdir / plan(cfg)[-1].name / "pipeline"
     out = load_pipeline(final)
