@@ -74,7 +74,7 @@ slim-toy: venv
 		--steps 1500 --batch-size 64 --lr 1e-4 --skip-prob 0.15 --force
 	$(BIN)/pocketdiff slim-evolve --pipeline $(SLIM)/robust --out $(SLIM)/evolved --workdir $(SLIM)/evolved.work \
 		--latency-table $(SLIM)/toy_latency.json --target onnx-cpu-2t --budget 0.65 --quality-floor 0.15 \
-		--steps 100 --batch-size 32 --skip-prob 0.1 --force
+		--finetune-steps 100 --finetune-batch-size 32 --finetune-skip-prob 0.1 --force
 	$(BIN)/pocketdiff slim-finetune --pipeline $(SLIM)/evolved --teacher $(TEACHER)/pipeline --out $(SLIM)/finetuned \
 		--workdir $(SLIM)/finetuned.work --steps 3000 --batch-size 64 --lr 1e-4 --force
 	$(BIN)/python scripts/efficient_unet_report.py --work $(SLIM) --out docs/efficient_unet_toy

@@ -1,25 +1,64 @@
 """`pocketdiff generate`: one prompt to one image, on the torch/diffusers path or the torch-free runtime.
 
 Both paths take the same :class:`GenerateConfig` and start from the runtime's portable RNG latents,
-so the same seed gives the same image (within 2/255 on the tiny pipeline; a test checks this).
+so the same seed gives the same image (within 2/255 on the tiny pipeline; a test checks this). The
+runtime runs a bundle (verified) or a bare ONNX folder in optimum's layout (:func:`runtime_from_onnx_folder`:
+file names from the role registry; no checksums).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from pocketdiff.errors import PocketdiffError, choice_error
+from pocketdiff.export.roles import get_role
+from pocketdiff.pipedir import atomic_output_file, inspect_pipeline, load_pipeline
+from pocketdiff.runtime.policies import default_policy_name, make_policy
 from pocketdiff.runtime.rng import check_seed, initial_latents
-from pocketdiff.runtime.sampler import GenerationResult, ProgressCallback, RuntimePipeline, check_generation_args
-from pocketdiff.runtime.schedulers import get_scheduler_entry
+from pocketdiff.runtime.sampler import (TEXT_ENCODER, VAE_DECODER, GenerationResult, ProgressCallback,
+                                        RuntimePipeline, check_generation_args)
+from pocketdiff.runtime.schedulers import get_scheduler_entry, scheduler_from_config, scheduler_name_for
+from pocketdiff.runtime.sessions import OnnxSession
 from pocketdiff.runtime.tokenizer import CLIPBPETokenizer
 
 log = logging.getLogger(__name__)
+# the rest of optimum's Stable Diffusion layout the runtime reads beside the role models
+ONNX_FOLDER_FILES = {"unet config": "unet/config.json", "vae_decoder config": "vae_decoder/config.json",
+                     "scheduler config": "scheduler/scheduler_config.json", "tokenizer vocab": "tokenizer/vocab.json",
+                     "tokenizer merges": "tokenizer/merges.txt"}
+
+
+def runtime_from_onnx_folder(path: str | Path, threads: int | None = None) -> RuntimePipeline:
+    """The runtime on an exported ONNX folder (optimum's Stable Diffusion layout): the UNet's config picks the
+    step policy (``default_policy_name``), the role registry names each role's model file. A bare folder
+    carries no checksums: nothing is verified (a bundle's manifest is)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise PocketdiffError(f"ONNX folder {path} does not exist")
+    missing = [f"{what} ({rel})" for what, rel in ONNX_FOLDER_FILES.items() if not (path / rel).is_file()]
+    if missing:
+        raise PocketdiffError(f"ONNX folder {path} is missing: {', '.join(missing)}")
+    unet_cfg = json.loads((path / ONNX_FOLDER_FILES["unet config"]).read_text())
+    vae_cfg = json.loads((path / ONNX_FOLDER_FILES["vae_decoder config"]).read_text())
+    sched_cfg = json.loads((path / ONNX_FOLDER_FILES["scheduler config"]).read_text())
+    scheduler_from_config(sched_cfg)  # validate before loading sessions
+    policy = make_policy(default_policy_name(["timestep_cond"] if unet_cfg.get("time_cond_proj_dim") else []))
+    roles = (TEXT_ENCODER, *policy.roles(), VAE_DECODER)
+    files = {r: path / get_role(r).onnx_file for r in roles}
+    missing = [f"{r} ({f.relative_to(path)})" for r, f in files.items() if not f.is_file()]
+    if missing:
+        raise PocketdiffError(f"ONNX folder {path} is missing: {', '.join(missing)}")
+    s = unet_cfg["sample_size"]
+    return RuntimePipeline(CLIPBPETokenizer.from_dir(path / "tokenizer"),
+                           {r: OnnxSession(f, threads) for r, f in files.items()}, sched_cfg,
+                           (unet_cfg["in_channels"], s, s), vae_cfg.get("scaling_factor", 0.18215), policy)
 
 
 @dataclass
@@ -52,7 +91,7 @@ def generate_runtime(source: str | Path | RuntimePipeline, cfg: GenerateConfig,
                      callback: ProgressCallback | None = None, threads: int | None = None) -> GenerationResult:
     """The torch-free reference runtime on an exported ONNX folder (or an already loaded runtime pipeline)."""
     cfg.validate()
-    pipe = source if isinstance(source, RuntimePipeline) else RuntimePipeline.from_onnx_dir(source, threads=threads)
+    pipe = source if isinstance(source, RuntimePipeline) else runtime_from_onnx_folder(source, threads=threads)
     pipe.tokenizer(cfg.prompt, truncate=cfg.truncate)  # fail on an over-long prompt before any model runs
     result = pipe.generate(cfg.prompt, steps=cfg.steps, guidance=cfg.guidance, seed=cfg.seed,
                            negative_prompt=cfg.negative_prompt, scheduler=cfg.scheduler, truncate=cfg.truncate,
@@ -65,9 +104,6 @@ def load_torch_pipeline(pipeline_dir: str | Path, scheduler: str | None = None):
     """Validated diffusers pipeline with the named sampler (default: its own); returns (pipe, info)."""
     import diffusers
 
-    from pocketdiff.pipedir import inspect_pipeline, load_pipeline
-    from pocketdiff.runtime.schedulers import scheduler_name_for
-
     info = inspect_pipeline(pipeline_dir)
     entry = get_scheduler_entry(scheduler or scheduler_name_for(info.scheduler_config))
     pipe = load_pipeline(pipeline_dir)
@@ -77,9 +113,8 @@ def load_torch_pipeline(pipeline_dir: str | Path, scheduler: str | None = None):
 
 def generate_torch(pipeline_dir: str | Path, cfg: GenerateConfig,
                    callback: ProgressCallback | None = None) -> GenerationResult:
-    """diffusers' ``StableDiffusionPipeline`` from the runtime's initial latents."""
-    from pocketdiff.pipedir import inspect_pipeline
-
+    """diffusers' ``StableDiffusionPipeline`` from the runtime's initial latents (no call trace: diffusers runs
+    its own loop; ``steps`` counts its denoising steps)."""
     cfg.validate()
     info = inspect_pipeline(pipeline_dir)
     tokens = CLIPBPETokenizer.from_dir(info.tokenizer_dir)(cfg.prompt, truncate=cfg.truncate)
@@ -105,7 +140,7 @@ def generate_torch(pipeline_dir: str | Path, cfg: GenerateConfig,
     t2 = time.perf_counter()
     _warn_truncation(tokens)
     return GenerationResult(image, {"load_s": t1 - t0, "generate_s": t2 - t1, "total_s": t2 - t0},
-                            unet_calls=len(calls), tokens=tokens)
+                            steps=len(calls), tokens=tokens)
 
 
 def check_png_path(out: str | Path) -> Path:
@@ -120,10 +155,6 @@ def check_png_path(out: str | Path) -> Path:
 
 def save_png(image: np.ndarray, out: str | Path) -> Path:
     """Write an [H, W, 3] uint8 image atomically."""
-    from PIL import Image
-
-    from pocketdiff.pipedir import atomic_output_file
-
     out = check_png_path(out)
     with atomic_output_file(out) as tmp:
         Image.fromarray(image).save(tmp, format="PNG")
@@ -133,7 +164,7 @@ def save_png(image: np.ndarray, out: str | Path) -> Path:
 def generate_many(prompts: list[str], cfg: GenerateConfig, pipeline_dir: str | Path | None = None,
                   onnx_dir: str | Path | None = None, batch_size: int = 64,
                   callback: ProgressCallback | None = None, output: str = "image",
-                  bundle_dir: str | Path | None = None) -> np.ndarray:
+                  bundle_dir: str | Path | None = None, backend: str = "onnx") -> np.ndarray:
     """Images for many prompts; image i starts from the runtime RNG with seed ``cfg.seed + i``.
 
     The torch path batches prompts through diffusers; the runtime path runs one prompt at a time, as
@@ -146,9 +177,9 @@ def generate_many(prompts: list[str], cfg: GenerateConfig, pipeline_dir: str | P
         raise choice_error("generate_many output", output, ("image", "latent"))
     if output == "latent" and (onnx_dir or bundle_dir) is not None:
         raise PocketdiffError("output='latent' needs pipeline_dir (the torch path); the runtime returns images only")
-    if onnx_dir is not None or bundle_dir is not None:  # a bundle: its manifest's scheduler, onnxruntime
-        pipe = (RuntimePipeline.from_bundle(bundle_dir, "onnx") if bundle_dir is not None
-                else RuntimePipeline.from_onnx_dir(onnx_dir))
+    if onnx_dir is not None or bundle_dir is not None:  # a bundle: its manifest's scheduler, on ``backend``
+        pipe = (RuntimePipeline.from_bundle(bundle_dir, backend) if bundle_dir is not None
+                else runtime_from_onnx_folder(onnx_dir))
         out = []
         for i, p in enumerate(prompts):
             out.append(pipe.generate(p, steps=cfg.steps, guidance=cfg.guidance, seed=cfg.seed + i,

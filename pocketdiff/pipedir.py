@@ -22,10 +22,13 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterator
 
+from pocketdiff.distributed import barrier, is_main_process
 from pocketdiff.errors import PocketdiffError
+from pocketdiff.runtime.schedulers import scheduler_name_for
 
 HISTORY_FILE = "pocketdiff.json"
 HISTORY_FORMAT = 1
+TRAIN_LOG = "log.jsonl"
 COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 _CONFIG_FILES = {
     "unet": "config.json",
@@ -112,6 +115,13 @@ def _check_safetensors(component_dir: Path) -> None:
             raise PocketdiffError(f"corrupt safetensors file {f}: {exc}") from None
 
 
+def read_train_log(workdir: str | Path) -> list[dict]:
+    """A training job's loss log (``WORKDIR/log.jsonl``, one JSON row per logged step; written by
+    ``pocketdiff/loop.py``), or [] if there is none."""
+    f = Path(workdir) / TRAIN_LOG
+    return [json.loads(line) for line in f.read_text().splitlines()] if f.is_file() else []
+
+
 def read_history(path: str | Path) -> list[StageRecord]:
     file = Path(path) / HISTORY_FILE
     if not file.is_file():
@@ -131,8 +141,6 @@ def write_history(path: str | Path, history: list[StageRecord]) -> None:
 
 def inspect_pipeline(path: str | Path, check_weights: bool = True) -> PipelineInfo:
     """Validate that ``path`` is an SD-compatible text-to-image pipeline folder; read its configs."""
-    from pocketdiff.runtime.schedulers import scheduler_name_for
-
     path = Path(path)
     if not path.exists():
         raise PocketdiffError(f"pipeline folder {path} does not exist")
@@ -193,8 +201,6 @@ def atomic_output_dir(out_dir: str | Path, overwrite: bool = False) -> Iterator[
     An existing ``out_dir`` is an error unless ``overwrite``; then it is replaced only after the new
     folder is complete.
     """
-    from pocketdiff.distributed import is_main_process
-
     out_dir = Path(out_dir)
     if not is_main_process():  # only the main process writes (pocketdiff.distributed)
         import tempfile
@@ -228,8 +234,6 @@ def atomic_output_dir(out_dir: str | Path, overwrite: bool = False) -> Iterator[
 @contextlib.contextmanager
 def atomic_output_file(path: str | Path) -> Iterator[Path]:
     """Yield a temporary sibling path; ``os.replace`` it onto ``path`` only if the block succeeds."""
-    from pocketdiff.distributed import is_main_process
-
     path = Path(path)
     if not is_main_process():  # only the main process writes (pocketdiff.distributed)
         import tempfile
@@ -254,8 +258,6 @@ def write_pipeline(pipe, out_dir: str | Path, history: list[StageRecord], overwr
 
     Under a multi-process launch every process calls it (the training stages do): the main process
     writes, and all return once the folder is in place, so any of them may read it next."""
-    from pocketdiff.distributed import barrier
-
     with atomic_output_dir(out_dir, overwrite=overwrite) as tmp:
         pipe.save_pretrained(str(tmp), safe_serialization=True)
         write_history(tmp, history)

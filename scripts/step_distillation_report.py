@@ -21,8 +21,9 @@ import numpy as np
 from tqdm import tqdm
 
 from pocketdiff.benchmarks.quality import EvalModels, evaluate_images, image_grid, prompt_set
-from pocketdiff.distill.loop import read_log
-from pocketdiff.distill.steps import StepDistillConfig, student_steps
+from pocketdiff.pipedir import read_train_log
+from pocketdiff.distill.steps import StepDistillConfig
+from pocketdiff.pinned import trained_steps
 from pocketdiff.generate import GenerateConfig, generate_many
 from pocketdiff.pipedir import read_history
 from pocketdiff.toyworld import TEACHER_GUIDANCE, TOY_TEACHER_DIR
@@ -43,14 +44,14 @@ def rows_to_run(teacher: str, students: dict[str, Path], teacher_steps: list[int
             if not pipe.is_dir():
                 continue
             rec = read_history(pipe)[-1].config
-            rows.append({"name": f"{name}, {student_steps(pipe)} steps", "model": name, "pipeline": str(pipe),
-                         "steps": student_steps(pipe), "scheduler": None, "guidance_embed": rec["guidance_embed"],
+            rows.append({"name": f"{name}, {trained_steps(pipe)} steps", "model": name, "pipeline": str(pipe),
+                         "steps": trained_steps(pipe), "scheduler": None, "guidance_embed": rec["guidance_embed"],
                          "round": rdir.name, "config": {**{k: rec[k] for k in ("cfg_prob", "w_min", "w_max", "iters",
                                                                                 "batch_size", "lr", "start_steps")},
                                     # fields later than a round's record stand at their default (the old behaviour)
                                     **{k: rec.get(k, DEFAULTS[k]) for k in ("lr_schedule", "v_warmup_iters",
                                                                             "ema_decay")}},
-                         "log": read_log(rdir / "train")})
+                         "log": read_train_log(rdir / "train")})
     for r in rows:
         r["unet_evals_per_image"] = r["steps"] * (1 if r["guidance_embed"] or TEACHER_GUIDANCE <= 1 else 2)
     return rows

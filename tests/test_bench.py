@@ -75,9 +75,16 @@ def test_compare_ratios_and_end_to_end(tiny_pipeline_dir, onnx_bundle, tmp_path,
             assert row["ratio_vs_a"][n] == pytest.approx(row[n]["median_ms"] / row["A"]["median_ms"], abs=5.1e-5)
     e = r["end_to_end"]
     ms = {k: v["A"]["median_ms"] for k, v in rows.items()}
-    assert e["A"]["e2e_ms"] == pytest.approx(ms[("text_encoder", 1)] + 50 * ms[("unet", 2)] + ms[("vae_decoder", 1)])
+    # composed from each side's trace: CFG encodes the negative prompt and the prompt (two batch-1 calls), then
+    # one batch-2 UNet call per step (the tiny pipeline's PNDM runs 50 steps as 51 calls: PLMS's extra one);
+    # guidance 1 encodes the prompt alone and runs batch 1
+    assert e["A"]["calls"] == e["C"]["calls"] == {"text_encoder@1": 2, "unet@2": 51, "vae_decoder@1": 1}
+    assert e["B"]["calls"] == {"text_encoder@1": 1, "unet@1": 9, "vae_decoder@1": 1}
+    assert e["A"]["e2e_ms"] == pytest.approx(2 * ms[("text_encoder", 1)] + 51 * ms[("unet", 2)]
+                                             + ms[("vae_decoder", 1)])
     msb = {k: v["B"]["median_ms"] for k, v in rows.items()}
-    assert e["B"]["e2e_ms"] == pytest.approx(msb[("text_encoder", 1)] + 8 * msb[("unet", 1)] + msb[("vae_decoder", 1)])
+    assert e["B"]["e2e_ms"] == pytest.approx(msb[("text_encoder", 1)] + 9 * msb[("unet", 1)] + msb[("vae_decoder", 1)])
+    assert len(r["traces"]["A"][0]) == 2 + 51 + 1
     assert e["speedup_vs_a"]["B"] == pytest.approx(e["A"]["e2e_ms"] / e["B"]["e2e_ms"], rel=1e-3)
     # optimum ran its own export, made once and cached, not our bundle
     assert [p.parent.name for p in (tmp_path / "build/bench/optimum").glob("*/unet/model.onnx")] == ["unet"]

@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from pocketdiff.build import STAGES, build, load_recipe
+from pocketdiff.build import build, load_recipe, stages
 from pocketdiff.errors import PocketdiffError
 
 TINY = """
@@ -79,10 +79,12 @@ def _recipe(tmp_path, text=TINY, name="tiny.toml"):
 
 def test_recipe_errors(tmp_path):
     for text, message in [
-        ('stages = ["slim", "warp"]', "unknown build stage 'warp'; allowed: " + ", ".join(STAGES)),
-        ('stages = ["steps", "slim"]', "recipe stages must be unique and in the order"),
+        ('stages = ["slim", "warp"]', "unknown build stage 'warp'; allowed: " + ", ".join(stages())),
+        ('stages = ["eval", "export"]', "recipe stage 'eval' needs 'export' before it; got eval -> export"),
+        ('stages = ["slim", "slim"]', "recipe stages must be unique"),
+        ('stages = ["slim"]\n[slimm]\nbackend = "onnx"', "unknown recipe table 'slimm'; allowed: stages, "),
         ('stages = ["slim"]\n[slim]\nbackend = "onnx"\nbogus = 1', "unknown key bogus in [recipe.slim]; allowed: backend"),
-        ('stages = ["steps"]\n[steps.distill]\nrounds = 0', "start_steps must be divisible by 2**rounds"),
+        ('stages = ["steps"]\n[steps.distill]\nrounds = 0', "start_steps must be divisible by round1_substeps"),
         ("stages = [", "is not valid TOML"),
     ]:
         with pytest.raises(PocketdiffError, match=re.escape(message)):
@@ -97,7 +99,7 @@ def test_recipe_errors(tmp_path):
 
 
 def test_tiny_build_killed_mid_stage_resumes_and_skips(tiny_pipeline_dir, tmp_path):
-    from pocketdiff.distill.loop import Interrupted
+    from pocketdiff.loop import Interrupted
     from pocketdiff.pipedir import read_history
 
     recipe = load_recipe(_recipe(tmp_path))
@@ -115,10 +117,15 @@ def test_tiny_build_killed_mid_stage_resumes_and_skips(tiny_pipeline_dir, tmp_pa
     assert res["stages"] == {"slim": "skipped", "decoder": "skipped", "steps": "skipped", "export": "ran",
                              "eval": "ran", "report": "ran"}
     page = (work / "report" / "index.html").read_text()  # (bench is a thin wrapper over `bench compare`: not
-    for heading in ("Teacher vs student", "Quality", "SD1.5 architecture", "Loss curves"):  # run here, for time)
-        assert heading in page
+    for heading in ("Teacher vs student", "Quality", "Handoff", "SD1.5 architecture", "Loss curves"):  # run
+        assert heading in page  # here, for time)
     student = json.loads((work / "eval" / "student.json").read_text())
     assert f"{student['fid']:.3f}" in page  # the page shows eval's numbers
+    handoff = json.loads((work / "eval" / "handoff.json").read_text())
+    assert [r["stage"] for r in handoff["rows"]] == ["teacher", "slim", "decoder", "steps", "bundle (onnx)"]
+    assert handoff["rows"][-1]["fid"] == student["fid"] and handoff["rows"][3]["steps"] == 2  # the student's own
+    worst = min(handoff["rows"][1:], key=lambda r: r["delta"]["attribute_accuracy"])
+    assert handoff["largest_accuracy_loss"]["stage"] == worst["stage"] and worst["stage"] in page
     # a changed decoder config redoes the decoder and everything after it, and keeps the slim stage
     changed = load_recipe(_recipe(tmp_path), ["decoder.steps=3"])
     res = build(tiny_pipeline_dir, changed, work, until="steps", progress=False)
@@ -200,3 +207,34 @@ def test_build_under_a_two_process_launch(tiny_pipeline_dir, tmp_path):
     assert steps_log == sorted(set(steps_log))  # one writer
     assert (work / "export" / "student" / "manifest.json").is_file() and (work / "report" / "index.html").is_file()
     assert not list(tmp_path.rglob(".*tmp-*"))  # no scratch left behind
+
+
+def test_a_stage_declared_outside_build_py_runs_from_a_recipe(tiny_pipeline_dir, tmp_path):
+    """The registry is open: a stage this test declares (config dataclass + run function) is configured by a
+    recipe table, run, keyed and skipped like any other, with no edit of build.py."""
+    from dataclasses import dataclass
+
+    from pocketdiff.build import Stage, register_stage, unregister_stage
+
+    @dataclass
+    class EchoConfig:
+        word: str = "hi"  # what the stage writes
+
+    def run_echo(ctx, cfg: EchoConfig) -> None:
+        ctx.out("echo").mkdir(parents=True, exist_ok=True)
+        (ctx.out("echo") / "said.txt").write_text(f"{cfg.word} from {ctx.pipeline_before('echo').name}")
+
+    register_stage(Stage("echo", EchoConfig, run_echo))
+    try:
+        recipe = load_recipe(_recipe(tmp_path, 'stages = ["echo"]\n[echo]\nword = "hello"'))
+        assert recipe.config("echo") == recipe.echo == EchoConfig("hello")
+        work = tmp_path / "w"
+        assert build(tiny_pipeline_dir, recipe, work, progress=False)["stages"] == {"echo": "ran"}
+        assert (work / "echo" / "said.txt").read_text() == f"hello from {tiny_pipeline_dir.name}"
+        assert build(tiny_pipeline_dir, recipe, work, progress=False)["stages"] == {"echo": "skipped"}
+        with pytest.raises(PocketdiffError, match=re.escape("unknown key loud in [recipe.echo]; allowed: word")):
+            load_recipe(_recipe(tmp_path, 'stages = ["echo"]\n[echo]\nloud = true', "bad.toml"))
+    finally:
+        unregister_stage("echo")
+    with pytest.raises(PocketdiffError, match="unknown build stage 'echo'"):
+        load_recipe(_recipe(tmp_path, 'stages = ["echo"]', "gone.toml"))

@@ -135,25 +135,34 @@ def test_vectors_reproduce(bundle):
     assert v["timesteps"]["values"] == _manifest(bundle)["scheduler"]["timesteps"]
 
 
-def test_latent_after_step_one_matches_torch(bundle, tiny_pipe):
-    """The app test vector, recomputed independently with diffusers' scheduler and the torch UNet."""
+def test_policy_vectors_match_diffusers(bundle, tiny_pipe):
+    """The app test vectors of the bundle's policy (cfg): its call trace, and the latents after step 1 and the
+    last step recomputed independently with diffusers' scheduler and the torch modules."""
     import diffusers
     import torch
 
-    v = json.loads((bundle / "test_vectors.json").read_text())["latent_after_step_1"]
+    v = json.loads((bundle / "test_vectors.json").read_text())["sampler"]
     m = _manifest(bundle)
+    assert (v["policy"], v["params"]) == (m["sampler"]["policy"], m["sampler"]["params"]) == ("cfg", {})
     sched = getattr(diffusers, m["scheduler"]["diffusers_class"]).from_config(m["scheduler"]["config"])
-    sched.set_timesteps(m["defaults"]["steps"])
+    sched.set_timesteps(v["steps"])
+    n = len(sched.timesteps)  # PNDM: steps + 1
+    assert [(c["step"], c["role"], c["batch"]) for c in v["trace"]] == (
+        [(None, "text_encoder", 1)] * 2 + [(i, "unet", 2) for i in range(n)] + [(None, "vae_decoder", 1)])
     tok = tiny_pipe.tokenizer
     ids = tok(["", v["prompt"]], padding="max_length", max_length=77, return_tensors="pt").input_ids
+    latents = []
     with torch.no_grad():
         hidden = tiny_pipe.text_encoder(ids)[0]
         x = torch.from_numpy(initial_latents(v["seed"], (1, 4, 8, 8))) * sched.init_noise_sigma
-        t = sched.timesteps[0]
-        eps = tiny_pipe.unet(sched.scale_model_input(torch.cat([x, x]), t), t, hidden).sample
-        eps = eps[:1] + v["guidance"] * (eps[1:] - eps[:1])
-        x1 = sched.step(eps, t, x).prev_sample
-    np.testing.assert_allclose(x1.numpy().reshape(-1)[:16], v["first_values"], atol=v["tolerance"])
+        for t in sched.timesteps:
+            eps = tiny_pipe.unet(sched.scale_model_input(torch.cat([x, x]), t), t, hidden).sample
+            eps = eps[:1] + v["guidance"] * (eps[1:] - eps[:1])
+            x = sched.step(eps, t, x).prev_sample
+            latents.append(x.numpy())
+    for got, want in ((v["latent_after_step_1"], latents[0]), (v["latent_after_last_step"], latents[-1])):
+        np.testing.assert_allclose(want.reshape(-1)[:16], got["first_values"], atol=v["tolerance"])
+        assert abs(float(np.abs(want).mean()) - got["mean_abs"]) < v["tolerance"]
 
 
 @pytest.mark.parametrize("backend", ["onnx", "executorch"])
@@ -211,7 +220,7 @@ def test_bundle_scheduler_is_the_exported_one(bundle_fp16):
     assert (m["scheduler"]["name"], m["scheduler"]["config"]["_class_name"]) == ("ddim", "DDIMScheduler")
     assert len(m["scheduler"]["timesteps"]) == 6  # PNDM would pin 7
     result = RuntimePipeline.from_bundle(bundle_fp16).generate("a red circle", steps=6, guidance=7.5, seed=0)
-    assert result.unet_calls == 6
+    assert result.steps == 6 and result.call_counts() == {"text_encoder": 2, "unet": 6, "vae_decoder": 1}
 
 
 def test_onnx_int8(tiny_pipeline_dir, tmp_path):
@@ -284,7 +293,7 @@ def test_unknown_backend(bundle):
 
 
 def test_backend_missing_from_bundle(bundle_fp16):
-    with pytest.raises(PocketdiffError, match="has no text_encoder for target 'executorch'; it has: "):
+    with pytest.raises(PocketdiffError, match="has no unet for target 'executorch'; it has: text_encoder/onnx"):
         RuntimePipeline.from_bundle(bundle_fp16, backend="executorch")
 
 
@@ -322,10 +331,15 @@ def test_export_refuses_missing_component_and_existing_out(copy_pipeline, tmp_pa
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
 
 
-def test_parity_failure_leaves_no_bundle(tiny_pipeline_dir, tmp_path, monkeypatch):
+def test_parity_failure_is_one_line_and_leaves_no_bundle(tiny_pipeline_dir, tmp_path, monkeypatch, capsys):
     from pocketdiff.export import parity
 
     monkeypatch.setitem(parity.THRESHOLDS, "fp32", (0.0, -1.0))  # max abs <= -1: nothing passes
-    with pytest.raises(parity.ParityError, match="text_encoder.last_hidden_state: parity failed at fp32"):
+    with pytest.raises(parity.ParityError, match="export parity failed for text_encoder.last_hidden_state at fp32"):
         write_bundle(tiny_pipeline_dir, tmp_path / "b", ExportConfig(targets=("onnx",)))
+    assert list(tmp_path.iterdir()) == []
+    assert main(["export", "--pipeline", str(tiny_pipeline_dir), "--out", str(tmp_path / "b"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and err.startswith("error: export parity failed for text_encoder.last_hidden_state")
+    assert "PSNR" in err and "threshold >= 0.0 dB" in err and "max abs error" in err and "threshold <= -1.0" in err
     assert list(tmp_path.iterdir()) == []

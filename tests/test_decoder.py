@@ -83,7 +83,8 @@ def test_decoders_export_with_parity(tiny_pipe, tmp_path, kind, targets):
 
 def test_distill_decoder_smoke_resume_and_cache(tiny_pipeline_dir, tmp_path):
     from pocketdiff.distill.decoder import DecoderDistillConfig, distill_decoder
-    from pocketdiff.distill.loop import Interrupted, read_log
+    from pocketdiff.loop import Interrupted
+    from pocketdiff.pipedir import read_train_log
     from pocketdiff.pipedir import load_pipeline, read_history
 
     cfg = DecoderDistillConfig(steps=2, batch_size=2, n_generated=4, gen_steps=2, gen_batch=4, n_encoded=4,
@@ -98,7 +99,7 @@ def test_distill_decoder_smoke_resume_and_cache(tiny_pipeline_dir, tmp_path):
     summary = read_history(out)[-1].config["summary"]
     assert summary["latent_cache_reused"] and summary["latents"] == 8 and summary["resumed_from"] == 1
     assert summary["decoder_params_student"] < summary["decoder_params_teacher"]
-    log = read_log(work / "train")
+    log = read_train_log(work / "train")
     assert [r["step"] for r in log] == [2] and {"l1", "l2", "perceptual", "loss"} <= set(log[-1])
     pipe = load_pipeline(out)
     assert pipe.vae.config.decoder_block_out_channels == [8, 16, 16]

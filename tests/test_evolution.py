@@ -66,7 +66,7 @@ def test_evolution_smoke_with_resume(tiny_pipe, tiny_pipeline_dir, tmp_path):
     from pocketdiff.architectures.slim_unet import SlimUNet2DConditionModel
     from pocketdiff.distill.evolution import EvolveConfig, evolve
     from pocketdiff.distill.kd import KDTrainConfig
-    from pocketdiff.distill.loop import Interrupted
+    from pocketdiff.loop import Interrupted
     from pocketdiff.pipedir import load_pipeline, read_history, read_json
 
     table = _fake_table(tmp_path / "lut.json", tiny_pipe.unet)

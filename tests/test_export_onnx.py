@@ -5,7 +5,7 @@ import pytest
 
 from pocketdiff.export.components import torch_reference
 from pocketdiff.export.parity import ParityError, check_parity
-from pocketdiff.runtime.backends import OnnxSession
+from pocketdiff.runtime.sessions import OnnxSession
 
 
 def _inputs(name, batch, rng):
@@ -37,8 +37,8 @@ def test_layout(tiny_onnx_dir):
                 "vae_decoder/config.json", "tokenizer/vocab.json", "scheduler/scheduler_config.json"):
         assert (tiny_onnx_dir / rel).is_file(), rel
     unet = OnnxSession(tiny_onnx_dir / "unet" / "model.onnx")
-    assert set(unet.input_dtypes) == {"sample", "timestep", "encoder_hidden_states"}
-    assert unet.output_names == ["out_sample"]
+    assert [i.name for i in unet.inputs] == ["sample", "timestep", "encoder_hidden_states"]
+    assert [o.name for o in unet.outputs] == ["out_sample"] and unet.fixed_batch is None
 
 
 def test_parity_check_raises():

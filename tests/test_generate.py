@@ -9,9 +9,8 @@ from PIL import Image
 
 from pocketdiff.errors import PocketdiffError
 from pocketdiff.generate import (GenerateConfig, generate_many, generate_runtime, generate_torch,
-                                 images_from_latents)
+                                 images_from_latents, runtime_from_onnx_folder)
 from pocketdiff.pipedir import load_pipeline
-from pocketdiff.runtime.sampler import RuntimePipeline
 from pocketdiff.runtime.schedulers import SCHEDULERS
 
 
@@ -30,7 +29,7 @@ def test_paths_agree_without_guidance(tiny_pipeline_dir, tiny_onnx_dir):
     a = generate_torch(tiny_pipeline_dir, cfg)
     b = generate_runtime(tiny_onnx_dir, cfg)
     assert np.abs(a.image.astype(int) - b.image.astype(int)).max() <= 2
-    assert a.unet_calls == b.unet_calls == 4
+    assert a.steps == b.steps == 4
 
 
 def test_latents_then_decode_is_the_image(tiny_pipeline_dir, tiny_onnx_dir):
@@ -50,7 +49,7 @@ def test_latents_then_decode_is_the_image(tiny_pipeline_dir, tiny_onnx_dir):
 
 
 def test_seed_and_prompt_matter(tiny_onnx_dir):
-    pipe = RuntimePipeline.from_onnx_dir(tiny_onnx_dir)
+    pipe = runtime_from_onnx_folder(tiny_onnx_dir)
     base = pipe.generate("a red circle", steps=3, guidance=7.5, seed=1).image.astype(int)
     other_seed = pipe.generate("a red circle", steps=3, guidance=7.5, seed=2).image.astype(int)
     again = pipe.generate("a red circle", steps=3, guidance=7.5, seed=1).image.astype(int)
@@ -59,12 +58,12 @@ def test_seed_and_prompt_matter(tiny_onnx_dir):
 
 
 def test_runtime_progress_and_timings(tiny_onnx_dir):
-    pipe = RuntimePipeline.from_onnx_dir(tiny_onnx_dir)
+    pipe = runtime_from_onnx_folder(tiny_onnx_dir)
     seen = []
     res = pipe.generate("a red circle", steps=5, guidance=7.5, seed=0, scheduler="pndm",
                         callback=lambda done, total: seen.append((done, total)))
     assert seen == [(i, 6) for i in range(1, 7)]  # PLMS runs one extra step
-    assert res.unet_calls == 6
+    assert res.steps == 6 and [c.step for c in res.trace if c.role == "unet"] == list(range(6))
     assert set(res.timings) == {"tokenize_s", "text_encoder_s", "unet_s", "decoder_s", "total_s"}
     assert res.image.dtype == np.uint8
 

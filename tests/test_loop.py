@@ -3,7 +3,8 @@ import json
 import pytest
 import torch
 
-from pocketdiff.distill.loop import Interrupted, LoopConfig, read_log, train
+from pocketdiff.loop import Interrupted, LoopConfig, train
+from pocketdiff.pipedir import read_train_log
 from pocketdiff.errors import PocketdiffError
 
 
@@ -37,7 +38,7 @@ def test_resume_equals_uninterrupted(tmp_path):
     assert first_wall > 0 and second["wall_time_s"] > first_wall  # cumulative over the resumed runs
     for p, q in zip(straight.parameters(), resumed.parameters()):
         torch.testing.assert_close(p, q, rtol=0, atol=0)
-    log = read_log(tmp_path / "b")
+    log = read_train_log(tmp_path / "b")
     assert [r["step"] for r in log] == list(range(1, 11)) and {"loss", "mean_out"} <= set(log[0])
 
 
@@ -85,7 +86,7 @@ def test_config_change_is_refused(tmp_path):
 
 
 def test_lr_schedule_cosine_decays_to_a_twentieth_and_constant_is_none():
-    from pocketdiff.distill.loop import lr_schedule
+    from pocketdiff.loop import lr_schedule
 
     opt = torch.optim.SGD(torch.nn.Linear(2, 1).parameters(), lr=0.2)
     assert lr_schedule(opt, "constant", 10, 0.2) is None

@@ -6,13 +6,16 @@ import dataclasses
 import numpy as np
 import pytest
 
+from pocketdiff.architectures.vocab import TOKENIZER_DIR
 from pocketdiff.benchmarks.quality import (
-    EvalModels, attribute_report, fid, prompt_set, reference_images,
+    EvalModels, attribute_report, fid, prompt_set, reference_images, rephrased,
 )
+from pocketdiff.runtime.tokenizer import CLIPBPETokenizer
 from pocketdiff.cli import main
 from pocketdiff.errors import PocketdiffError
 from pocketdiff.toyworld import TOY_TEACHER_DIR
-from pocketdiff.toyworld.world import COLOURS, render
+from pocketdiff.toyworld.world import (_PAIR_TEMPLATES, _SINGLE_TEMPLATES, BACKGROUNDS, COLOURS, POSITIONS, RELATIONS,
+                                       SHAPES, SIZES, render)
 
 N = 200
 
@@ -32,6 +35,28 @@ def test_prompt_set_is_deterministic_with_heldout_share(items):
     assert [i.prompt for i in items] == [i.prompt for i in again]
     assert sum(i.split == "heldout" for i in items) == N // 4
     assert {i.kind for i in items} == {"single", "pair"}
+
+
+def test_phrasing_split_is_the_same_scenes_in_phrasings_no_template_makes(items):
+    again = rephrased(items, seed=5)
+    assert [a.scene for a in again] == [i.scene for i in items] and [a.split for a in again] == [i.split for i in items]
+    tok = CLIPBPETokenizer.from_dir(TOKENIZER_DIR)
+    eot = tok("").input_ids[-1]
+    attribute_words = {w for names in (COLOURS, SHAPES, SIZES, POSITIONS, BACKGROUNDS, RELATIONS)
+                       for name in names for w in name.split()}  # the values training captions name too
+    for item in again:
+        o = item.scene.objects
+        if item.kind == "single":  # every caption a training template can make of this scene
+            made = {t.format(size=o[0].size, colour=o[0].colour, shape=o[0].shape, pos=o[0].position,
+                             bg=item.scene.background) for t in _SINGLE_TEMPLATES}
+        else:
+            made = {t.format(c1=o[0].colour, s1=o[0].shape, rel=item.scene.relation, c2=o[1].colour, s2=o[1].shape)
+                    for t in _PAIR_TEMPLATES}
+        assert item.prompt not in made
+        glue = set(item.prompt.replace(",", " ").replace(":", " ").split()) - attribute_words
+        for word in glue:  # the new glue words are each one token of the vocabulary
+            assert len([i for i in tok(word).input_ids[1:] if i != eot]) == 1, word
+    assert len({a.prompt.split(" ")[0] for a in again}) >= 4  # several phrasings, not one
 
 
 def test_renders_score_like_the_checker(models, items):

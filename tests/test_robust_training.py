@@ -3,7 +3,8 @@ loss terms logged separately, and deterministic skip sets."""
 
 import pytest
 
-from pocketdiff.distill.loop import Interrupted, read_log
+from pocketdiff.loop import Interrupted
+from pocketdiff.pipedir import read_train_log
 from pocketdiff.distill.kd import KDTrainConfig, skip_set
 from pocketdiff.distill.robust_training import robust_train
 from pocketdiff.errors import PocketdiffError
@@ -16,7 +17,7 @@ def test_robust_training_resumes(tiny_pipeline_dir, tmp_path):
         robust_train(tiny_pipeline_dir, out, cfg, work, stop_after=1, progress=False)
     assert not out.exists()  # nothing half-written
     robust_train(tiny_pipeline_dir, out, cfg, work, progress=False)
-    log = read_log(work)
+    log = read_train_log(work)
     assert [r["step"] for r in log] == [2]  # resumed at step 1: only step 2 logged by this run
     assert {"loss", "denoise", "out_kd", "feat_kd", "blocks_skipped"} <= set(log[-1])
     from pocketdiff.pipedir import read_history

@@ -4,7 +4,8 @@ interruption and a resume; a teacher of another architecture is refused by name.
 import pytest
 
 from pocketdiff.distill.kd import KDTrainConfig
-from pocketdiff.distill.loop import Interrupted, read_log
+from pocketdiff.loop import Interrupted
+from pocketdiff.pipedir import read_train_log
 from pocketdiff.distill.slim_finetune import slim_finetune
 from pocketdiff.errors import PocketdiffError
 
@@ -33,7 +34,7 @@ def test_slim_finetune_resumes(slim_dir, tiny_pipeline_dir, tmp_path):
         slim_finetune(slim_dir, tiny_pipeline_dir, out, cfg, work, stop_after=1, progress=False)
     assert not out.exists()
     slim_finetune(slim_dir, tiny_pipeline_dir, out, cfg, work, progress=False)
-    log = read_log(work)
+    log = read_train_log(work)
     assert [r["step"] for r in log] == [2] and log[-1]["blocks_skipped"] == 0.0
     assert {"denoise", "out_kd", "feat_kd", "loss"} <= set(log[-1]) and log[-1]["out_kd"] > 0
     before, after = load_pipeline(slim_dir).unet, load_pipeline(out).unet

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from pocketdiff.distill.steps import (Schedule, StepDistillConfig, add_guidance_embedding, distill_target, plan,
-                                      student_grid, student_scheduler, student_steps, teacher_grid)
+                                      student_grid, student_scheduler, teacher_grid)
+from pocketdiff.pinned import trained_steps
 from pocketdiff.errors import PocketdiffError
 
 SMOKE = StepDistillConfig(start_steps=4, rounds=2, iters=2, batch_size=2, pool_size=8, checkpoint_every=1,
@@ -34,7 +35,7 @@ def test_guidance_embedding_matches_diffusers_and_runtime():
     from diffusers import StableDiffusionPipeline
 
     from pocketdiff.distill.steps import guidance_scale_embedding
-    from pocketdiff.runtime.sampler import guidance_scale_embedding as numpy_embedding
+    from pocketdiff.runtime.policies import guidance_scale_embedding as numpy_embedding
 
     w = torch.tensor([0.0, 1.0, 6.5])
     ref = StableDiffusionPipeline.get_guidance_scale_embedding(None, w, embedding_dim=32)
@@ -137,7 +138,8 @@ def test_a_round_trained_before_a_config_field_existed_matches_only_its_default(
 
 
 def test_two_round_smoke_with_resume_mid_round(tiny_pipeline_dir, tmp_path):
-    from pocketdiff.distill.loop import Interrupted, read_log
+    from pocketdiff.loop import Interrupted
+    from pocketdiff.pipedir import read_train_log
     from pocketdiff.distill.steps import distill_steps
     from pocketdiff.pipedir import load_pipeline, read_history
 
@@ -152,8 +154,8 @@ def test_two_round_smoke_with_resume_mid_round(tiny_pipeline_dir, tmp_path):
     rounds = read_history(out)[-1].config["rounds"]
     assert rounds["round1"]["resumed_from"] == 1 and rounds["round2"]["resumed_from"] == 1
     assert [rounds[r]["student_steps"] for r in ("round1", "round2")] == [2, 1]
-    assert student_steps(out) == 1 and student_steps(work / "round1" / "pipeline") == 2
-    log = read_log(work / "round2" / "train")
+    assert trained_steps(out) == 1 and trained_steps(work / "round1" / "pipeline") == 2
+    log = read_train_log(work / "round2" / "train")
     assert [r["step"] for r in log] == [2] and {"vanilla", "cfg", "loss"} <= set(log[-1])
     assert abs(log[-1]["vanilla"] + log[-1]["cfg"] - log[-1]["loss"]) < 1e-6
     pipe = load_pipeline(out)
@@ -191,39 +193,40 @@ def test_guidance_embedded_student_runs_one_unet_call_per_step(tiny_pipeline_dir
     assert main(["generate", "--bundle", str(bundle), "a red circle", "--out", str(tmp_path / "y.png"),
                  "--no-progress", "--json"]) == 0
     printed = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
-    assert (printed["config"]["steps"], printed["config"]["guidance"], printed["unet_calls"]) == (2, 2.0, 2)
-    for backend in ("onnx",):  # ExecuTorch's static batch-1 UNet takes the same feeds (export path shared)
-        pipe = RuntimePipeline.from_bundle(bundle, backend)
-        assert pipe.guidance_embed_dim == 16
-        calls = []
-        run = pipe.unet.run
-        pipe.unet.run = lambda feeds, run=run: calls.append(feeds["sample"].shape[0]) or run(feeds)
-        res = pipe.generate("a red circle", steps=2, guidance=2.0, seed=3)
-        assert calls == [1, 1] and res.unet_calls == 2  # one batch-1 pass per step, no CFG pair
-        if backend == "onnx":
-            ref = generate_torch(out, GenerateConfig("a red circle", steps=2, guidance=2.0, seed=3))
-            assert np.abs(ref.image.astype(int) - res.image.astype(int)).max() <= 2
+    assert (printed["config"]["steps"], printed["config"]["guidance"], printed["steps"]) == (2, 2.0, 2)
+    assert printed["calls"] == {"text_encoder": 1, "unet": 2, "vae_decoder": 1}  # the prompt alone, no negative
+    assert manifest["sampler"] == {"policy": "guidance_embedded", "params": {}}
+    pipe = RuntimePipeline.from_bundle(bundle, "onnx")
+    assert pipe.policy.name == "guidance_embedded"
+    res = pipe.generate("a red circle", steps=2, guidance=2.0, seed=3)
+    # one batch-1 pass per step, no CFG pair
+    assert [(c.step, c.role, c.batch) for c in res.trace] == [
+        (None, "text_encoder", 1), (0, "unet", 1), (1, "unet", 1), (None, "vae_decoder", 1)]
+    ref = generate_torch(out, GenerateConfig("a red circle", steps=2, guidance=2.0, seed=3))
+    assert np.abs(ref.image.astype(int) - res.image.astype(int)).max() <= 2
     feeds_a = {"sample": np.ones((1, 4, 8, 8), np.float32), "timestep": np.asarray(500.0, np.float32),
                "encoder_hidden_states": np.zeros((1, 77, 32), np.float32)}
-    from pocketdiff.runtime.sampler import guidance_scale_embedding
+    from pocketdiff.runtime.policies import guidance_scale_embedding
 
-    sess = RuntimePipeline.from_bundle(bundle, "onnx").unet
+    sess = pipe.sessions["unet"]
     a = sess.run({**feeds_a, "timestep_cond": guidance_scale_embedding(1.0, 16)})["out_sample"]
     b = sess.run({**feeds_a, "timestep_cond": guidance_scale_embedding(5.0, 16)})["out_sample"]
     assert not np.allclose(a, b)  # the trained w projection is live in the exported graph
-    # bench compare composes its end-to-end figure from one batch-1 UNet call per step, not the CFG pair
-    from pocketdiff.benchmarks.compare import Side, _e2e
+    # bench compare composes its end-to-end figure from the side's trace: one batch-1 UNet call per step
+    from pocketdiff.benchmarks.compare import Side, compose, side_traces
 
     side = Side("bundle", bundle, "onnx", 8, 2.0)
-    assert side.w_embedded and not side.cfg and "w-embedded" in side.label
-    assert not Side("pipeline", tiny_pipeline_dir, "torch", 8, 2.0).w_embedded
+    assert side.policy == "guidance_embedded" and "w-embedded" in side.label
+    assert Side("pipeline", tiny_pipeline_dir, "torch", 8, 2.0).policy == "cfg"
     ms = {("text_encoder", 1): 1.0, ("unet", 1): 10.0, ("unet", 2): 15.0, ("vae_decoder", 1): 2.0}
-    assert _e2e(side, ms)["e2e_ms"] == 1.0 + 8 * 10.0 + 2.0
+    assert compose(side_traces(side), ms)["e2e_ms"] == 1.0 + 8 * 10.0 + 2.0
+    cfg_side = Side("pipeline", tiny_pipeline_dir, "torch", 8, 2.0)  # negative + prompt, batch-2 steps (PNDM: 8 + 1)
+    assert compose(side_traces(cfg_side), ms)["e2e_ms"] == 2 * 1.0 + 9 * 15.0 + 2.0
 
 
 def test_v_warmup_round_runs_before_the_halving_rounds(tiny_pipeline_dir, tmp_path, monkeypatch):
     import pocketdiff.distill.steps as steps_mod
-    from pocketdiff.distill.steps import distill_steps, student_steps
+    from pocketdiff.distill.steps import distill_steps
     from pocketdiff.pipedir import read_history
 
     seen = []  # (substeps, the teacher's prediction type) of every distillation target
@@ -236,7 +239,7 @@ def test_v_warmup_round_runs_before_the_halving_rounds(tiny_pipeline_dir, tmp_pa
     monkeypatch.setattr(steps_mod, "distill_target", spy)
     out = distill_steps(tiny_pipeline_dir, tmp_path / "out", replace(SMOKE, rounds=2, iters=1, v_warmup_iters=2),
                         tmp_path / "work", progress=False)
-    assert student_steps(out) == 1
+    assert trained_steps(out) == 1
     rounds = read_history(out)[-1].config["rounds"]
     assert list(rounds) == ["v-warmup", "round1", "round2"] and rounds["v-warmup"]["student_steps"] == 4
     # the warm-up only initialises round 1: round 1 still distils the given (epsilon) teacher, round 2 round 1's

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from pocketdiff.distill.loop import Interrupted
+from pocketdiff.loop import Interrupted
 from pocketdiff.pipedir import inspect_pipeline
 from pocketdiff.toyworld.teacher import TeacherRecipe, train_teacher
 

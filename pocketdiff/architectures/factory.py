@@ -11,8 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pocketdiff.architectures.slim_unet import SlimUNet2DConditionModel
 from pocketdiff.architectures.vocab import TOKENIZER_DIR, vocab_size
 from pocketdiff.errors import PocketdiffError, choice_error
+from pocketdiff.pipedir import read_json
+from pocketdiff.runtime.schedulers import get_scheduler_entry, scheduler_name_for
 
 # SD1.5's shipped scheduler config (PNDM/PLMS). DDIM and the others are derived from it by name.
 SD15_SCHEDULER = {
@@ -124,8 +127,6 @@ def text_encoder_config(arch: Architecture) -> dict:
 def unet_class(config: dict):
     """``SlimUNet2DConditionModel`` for a config that removes blocks, else ``UNet2DConditionModel``."""
     if config.get("removed_blocks") or config.get("_class_name") == "SlimUNet2DConditionModel":
-        from pocketdiff.architectures.slim_unet import SlimUNet2DConditionModel
-
         return SlimUNet2DConditionModel
     from diffusers import UNet2DConditionModel
 
@@ -147,8 +148,6 @@ def load_unet_spec(path: str | Path) -> dict:
     architecture's, and optionally ``removed_blocks`` (a slim UNet). A whole diffusers
     ``unet/config.json`` works (its ``_``-prefixed keys are ignored). Unknown keys are an error that
     names them."""
-    from pocketdiff.pipedir import read_json
-
     spec = read_json(path)
     if not isinstance(spec, dict):
         raise PocketdiffError(f"UNet spec {path} must be a JSON object of UNet config values, got {type(spec).__name__}")
@@ -169,8 +168,6 @@ def build_pipeline(name: str, seed: int = 0, resolution: int | None = None, unet
     import torch
     from diffusers import AutoencoderKL, StableDiffusionPipeline
     from transformers import CLIPTextConfig, CLIPTextModel
-
-    from pocketdiff.runtime.schedulers import get_scheduler_entry, scheduler_name_for
 
     arch = get_architecture(name)
     text_cfg = text_encoder_config(arch)

@@ -27,6 +27,7 @@ from pathlib import Path
 from statistics import median
 
 from pocketdiff.errors import PocketdiffError
+from pocketdiff.runtime.bundle import load_bundle
 
 DEVICE_DIR = "/data/local/tmp/pocketdiff"
 _LOADED = re.compile(r"Model loaded in ([\d.]+) ms")
@@ -107,8 +108,6 @@ def _run(cmd: list[str]) -> str:
 def bench_adb(bundle_dir: str | Path, target: AdbTarget, threads: int = 4, warmup: int = 3, repeat: int = 10,
               progress=None) -> dict:
     """Push and time every ExecuTorch component of a bundle on the phone ``target`` names."""
-    from pocketdiff.runtime.bundle import load_bundle
-
     if not target.runner.is_file():
         raise PocketdiffError(f"executor_runner binary {target.runner} does not exist (build it for the phone first)")
     if shutil.which(target.adb) is None and not Path(target.adb).is_file():

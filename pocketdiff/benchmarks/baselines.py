@@ -22,6 +22,7 @@ from typing import Callable
 import numpy as np
 
 from pocketdiff.errors import PocketdiffError
+from pocketdiff.pipedir import atomic_output_dir, inspect_pipeline
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +40,6 @@ def _fingerprint(pipeline_dir: Path) -> str:
 
 def optimum_export(pipeline_dir: str | Path, cache_dir: str | Path = "build/bench/optimum") -> Path:
     """optimum's ONNX export of ``pipeline_dir`` (fp32), made once and reused."""
-    from pocketdiff.pipedir import atomic_output_dir, inspect_pipeline
-
     info = inspect_pipeline(pipeline_dir)
     out = Path(cache_dir) / f"{info.path.resolve().name}-{_fingerprint(info.path)}"
     if (out / "model_index.json").is_file():

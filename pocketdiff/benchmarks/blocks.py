@@ -24,7 +24,13 @@ from typing import Callable
 import torch
 
 from pocketdiff.architectures.elastic_unet import block_kind, unet_blocks
+from pocketdiff.benchmarks.flops import count_flops
+from pocketdiff.benchmarks.latency import measure
 from pocketdiff.errors import PocketdiffError, choice_error
+from pocketdiff.export.components import xnnpack_friendly
+from pocketdiff.export.executorch import export_program
+from pocketdiff.pipedir import atomic_output_file
+from pocketdiff.runtime.sessions import ExecuTorchSession, OnnxSession, TensorSpec
 
 FORMAT_VERSION = 1
 SCHEMA = Path(__file__).with_name("latency_table.schema.json")
@@ -66,8 +72,6 @@ def _block_runner(call: BlockCall, backend: str, threads: int, workdir: Path):
         return run
     feeds = {f"in{i}": t.numpy() for i, t in enumerate(example)}
     if backend == "onnx":
-        from pocketdiff.runtime.backends import OnnxSession
-
         path = workdir / "block.onnx"
         with torch.no_grad():
             program = torch.onnx.export(call.eval(), example, input_names=list(feeds), output_names=["out"],
@@ -75,16 +79,13 @@ def _block_runner(call: BlockCall, backend: str, threads: int, workdir: Path):
         program.save(str(path))
         session = OnnxSession(path, threads)
         return lambda: session.run(feeds)
-    from pocketdiff.export.components import tensor_spec
-    from pocketdiff.export.executorch import export_program
-    from pocketdiff.runtime.backends import ExecuTorchSession
 
     path = workdir / "block.pte"
     export_program(call, example, path)  # the caller has applied xnnpack_friendly to the UNet
     with torch.no_grad():
         out = call(*example)
-    session = ExecuTorchSession(path, [tensor_spec(n, t.shape, feeds[n].dtype) for n, t in zip(feeds, example)],
-                                [tensor_spec("out", out.shape, out.numpy().dtype)], threads)
+    session = ExecuTorchSession(path, [TensorSpec(n, tuple(t.shape), str(feeds[n].dtype)) for n, t in zip(feeds, example)],
+                                [TensorSpec("out", tuple(out.shape), str(out.numpy().dtype))], threads)
     return lambda: session.run(feeds)
 
 
@@ -131,9 +132,6 @@ def measure_block_latency(unet, batch: int = 2, backend: str = "torch", threads:
     the backend's per-call overhead (``call_overhead_ms``: a pass-through of the first block's input).
     Each block timed alone pays that overhead once, which the UNet pays once for all blocks, so a
     removal saves about ``median_ms - call_overhead_ms`` (:meth:`LatencyTable.saving_ms`)."""
-    from pocketdiff.benchmarks.flops import count_flops
-    from pocketdiff.benchmarks.latency import measure
-
     if backend not in BLOCK_BACKENDS:
         raise choice_error("per-block latency backend", backend, BLOCK_BACKENDS)
     torch.set_num_threads(threads)
@@ -152,8 +150,6 @@ def measure_block_latency(unet, batch: int = 2, backend: str = "torch", threads:
     flops = {name: count_flops(module, *inputs[name]) for name, module in chosen}
     if backend == "executorch":  # the export-only XNNPACK rewrite of the bundle export, on the whole UNet
         from types import SimpleNamespace
-
-        from pocketdiff.export.components import xnnpack_friendly
 
         rewrite = xnnpack_friendly(SimpleNamespace(unet=unet))
     else:
@@ -198,8 +194,6 @@ def target_key(backend: str, threads: int) -> str:
 def write_latency_table(path: str | Path, target: str, table: dict, machine: dict) -> Path:
     """Add (or replace) ``target``'s table in the file at ``path`` (created if missing), validated."""
     import jsonschema
-
-    from pocketdiff.pipedir import atomic_output_file
 
     path = Path(path)
     doc = _read(path) if path.exists() else {"format_version": FORMAT_VERSION, "tables": {}}

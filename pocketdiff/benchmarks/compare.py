@@ -2,12 +2,15 @@
 
 A side is ``pipeline=DIR``, ``bundle=DIR`` or ``arch=NAME[,spec=UNET_SPEC][,resolution=N][,decoder_width=W]``
 (a named architecture with random weights, built once and cached; ``decoder_width`` swaps in the
-channel-pruned VAE decoder), with optional ``backend=``, ``steps=`` and
-``guidance=``, comma-separated::
+channel-pruned VAE decoder), with optional ``backend=``, ``steps=``, ``guidance=`` and ``policy=``
+(another registered step policy on the same models), comma-separated::
 
     pocketdiff bench compare pipeline=build/sd15,steps=50,guidance=7.5 \\
         pipeline=build/sd15,backend=optimum,steps=50,guidance=7.5 \\
-        bundle=build/ours,backend=executorch,steps=8,guidance=7.5
+        bundle=build/ours,backend=executorch
+
+Steps and guidance default to what the side pins (``pinned.pinned_defaults``: a bundle's defaults, a
+distilled pipeline's trained steps), else 25 and 7.5.
 
 Backends (the one registry is :data:`SIDE_BACKENDS`):
 - a pipeline folder: ``torch`` is diffusers' ``StableDiffusionPipeline`` loaded eager fp32 with
@@ -16,27 +19,50 @@ Backends (the one registry is :data:`SIDE_BACKENDS`):
   (``benchmarks/baselines.py``, exported once and cached);
 - a bundle: ``onnx`` or ``executorch`` through pocketdiff's runtime sessions.
 
-Components are compared one at a time (text encoder, UNet step at batch 1 and 2, VAE decoder): each
-side loads only that component, the sides' calls alternate (a, b, c, a, b, c, ...), and the
-component is freed before the next, so peak memory is one component per side (``pairwise``: one
-component of two sides, A and one other, at a time). onnxruntime
+**End to end is composed from each side's call trace**, not a formula per method: a dry run of the
+runtime's sampler loop on shape-only sessions (``runtime.sessions.ShapeSession``) with the side's step
+policy, steps and guidance lists every call one generation makes (step, role, batch); the side's end-to-end
+latency is the sum over those calls of its own measured median for that (role, batch). A pipeline side's
+trace is the same loop with the policy its UNet implies (diffusers runs CFG as one batch-2 UNet call per
+step and encodes the two prompts one at a time, as the ``cfg`` policy does). A policy whose calls depend on
+the values (``data_dependent``) is traced by real generations of :data:`TRACE_PROMPTS` instead, and its
+end to end is their mean.
+
+Components are timed one role at a time, at the batches the role registry names for it
+(``export/roles.py``) and every batch a trace uses: each side loads only that component, the sides' calls
+alternate (a, b, c, a, b, c, ...), and the component is freed before the next, so peak memory is one
+component per side (``pairwise``: one component of two sides, A and one other, at a time). onnxruntime
 sessions (ours and optimum's) are told not to spin after a call, so idle workers do not steal the CPU
-from the next side's call. Ratios are each
-side's median over side A's. The composed end-to-end latency of a side is
-``text + steps x unet_step + decoder`` where a CFG step is one batch-2 UNet call, as the runtime runs
-it; when the side's UNet also runs at batch 1, the issue's form
-``text + steps x (2 if CFG else 1) x unet(batch 1) + decoder`` is reported beside it.
+from the next side's call. Ratios are each side's median over side A's.
 """
 
 from __future__ import annotations
 
 import gc
+import json
 import string
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+import torch
+
+from pocketdiff.benchmarks.baselines import optimum_component_call
+from pocketdiff.benchmarks.components import arch_sources
+from pocketdiff.benchmarks.latency import machine_info, measure_alternating, stats
+from pocketdiff.build import Context, Stage
 from pocketdiff.errors import PocketdiffError, choice_error
+from pocketdiff.export.bundle import ExportConfig, student_bundle, write_bundle
+from pocketdiff.export.components import component_specs
+from pocketdiff.export.roles import ROLES, Dims, bench_cases, get_role
+from pocketdiff.pinned import Pinned, pinned_defaults
+from pocketdiff.pipedir import inspect_pipeline, load_pipeline
+from pocketdiff.runtime.bundle import load_bundle
+from pocketdiff.runtime.policies import POLICIES, Call, default_policy_name, make_policy
+from pocketdiff.runtime.sampler import RuntimePipeline, check_generation_args, policy_for
+from pocketdiff.runtime.sessions import BACKENDS, OnnxSession, ShapeSession, TensorSpec
+from pocketdiff.runtime.tokenizer import CLIPBPETokenizer
 
 SIDE_BACKENDS = {"pipeline": ("torch", "optimum"), "bundle": ("onnx", "executorch")}
 # ``arch=NAME[,spec=FILE][,resolution=N]``: a named architecture with random weights, built once and cached
@@ -44,8 +70,9 @@ SIDE_BACKENDS = {"pipeline": ("torch", "optimum"), "bundle": ("onnx", "executorc
 ARCH_BACKENDS = ("onnx", "executorch", "torch", "optimum")
 BACKEND_LABELS = {"torch": "diffusers eager fp32", "optimum": "optimum ORT", "onnx": "pocketdiff onnxruntime",
                   "executorch": "pocketdiff ExecuTorch"}
-CASES = (("text_encoder", 1), ("unet", 1), ("unet", 2), ("vae_decoder", 1))
-KEYS = ("pipeline", "bundle", "arch", "spec", "resolution", "decoder_width", "backend", "steps", "guidance")
+KEYS = ("pipeline", "bundle", "arch", "spec", "resolution", "decoder_width", "backend", "steps", "guidance", "policy")
+TRACE_PROMPTS = ("a small red circle in the top left on a grey background", "a blue square left of a yellow ring",
+                 "a large green triangle in the center on a black background", "a white cross above a purple ring")
 
 
 @dataclass(frozen=True)
@@ -55,41 +82,35 @@ class Side:
     backend: str
     steps: int
     guidance: float
-    w_embedded: bool | None = None  # a guidance-embedded UNet (one batch-1 pass per step); None: read it from path
+    policy: str | None = None  # a runtime.policies name; None: the bundle's manifest's or the UNet's own
 
     def __post_init__(self):
-        if self.w_embedded is None:
-            object.__setattr__(self, "w_embedded", guidance_embedded(self.kind, self.path, self.backend))
-
-    @property
-    def cfg(self) -> bool:
-        """Two UNet passes per step (one batch-2 call): guidance > 1 on a UNet without a w-embedding."""
-        return self.guidance > 1.0 and not self.w_embedded
+        if self.policy is None:
+            object.__setattr__(self, "policy", native_policy(self.kind, self.path, self.backend))
 
     @property
     def label(self) -> str:
-        mode = ", CFG" if self.cfg else ", w-embedded" if self.w_embedded and self.guidance > 1.0 else ""
+        mode = (", CFG" if self.guidance > 1.0 else "") if self.policy == "cfg" else \
+            ", w-embedded" if self.policy == "guidance_embedded" else f", {self.policy}"
         return f"{self.path.name}[{BACKEND_LABELS[self.backend]}, {self.steps} steps{mode}]"
 
     def to_dict(self) -> dict:
         return {"kind": self.kind, "path": str(self.path), "backend": self.backend, "steps": self.steps,
-                "guidance": self.guidance, "w_embedded": self.w_embedded, "label": self.label}
+                "guidance": self.guidance, "policy": self.policy, "label": self.label}
 
 
-def guidance_embedded(kind: str, path: Path, backend: str) -> bool:
-    """Whether a pipeline folder's or bundle's UNet takes a guidance-scale embedding (``timestep_cond``).
-    Reads the manifest only: the side's sessions verify the bundle's checksums when they load it."""
+def native_policy(kind: str, path: Path, backend: str) -> str:
+    """The policy a side runs unless told otherwise: a bundle's manifest's (or its UNet's, for a bundle from
+    before policies), a pipeline's UNet's. Reads the manifest only: the side's sessions verify checksums."""
     if kind == "pipeline":
-        from pocketdiff.pipedir import inspect_pipeline
-
-        return bool(inspect_pipeline(path).unet_config.get("time_cond_proj_dim"))
-    from pocketdiff.runtime.bundle import load_bundle
-
-    return any(i["name"] == "timestep_cond" for i in load_bundle(path, verify=False).component("unet", backend).inputs)
+        w = inspect_pipeline(path).unet_config.get("time_cond_proj_dim")
+        return default_policy_name(["timestep_cond"] if w else [])
+    b = load_bundle(path, verify=False)
+    return policy_for(b.manifest.get("sampler"), [i["name"] for i in b.component("unet", backend).inputs]).name
 
 
 def parse_side(text: str) -> Side:
-    """``pipeline=DIR|bundle=DIR[,backend=..][,steps=N][,guidance=W]`` -> :class:`Side` (validated)."""
+    """``pipeline=DIR|bundle=DIR|arch=NAME[,backend=..][,steps=N][,guidance=W][,policy=P]`` -> :class:`Side`."""
     fields: dict[str, str] = {}
     for part in text.split(","):
         key, sep, value = part.partition("=")
@@ -114,29 +135,32 @@ def parse_side(text: str) -> Side:
     if backend not in SIDE_BACKENDS[kind]:
         raise choice_error(f"backend for a {kind}", backend, SIDE_BACKENDS[kind])
     try:
-        steps, guidance = int(fields.get("steps", "25")), float(fields.get("guidance", "7.5"))
+        given = (int(fields["steps"]) if "steps" in fields else None,
+                 float(fields["guidance"]) if "guidance" in fields else None)
     except ValueError as exc:
         raise PocketdiffError(f"bench compare side {text!r}: {exc}") from None
-    from pocketdiff.runtime.sampler import check_generation_args
-
-    check_generation_args(steps, guidance)
+    check_generation_args(*Pinned(1, 0.0).resolve(*given))  # the values given, before any folder is read
     path = Path(fields[kind])
     if kind == "pipeline":
-        from pocketdiff.pipedir import inspect_pipeline
-
         inspect_pipeline(path)
+        pinned = pinned_defaults(pipeline=path)
     else:
-        from pocketdiff.runtime.bundle import load_bundle
-
         load_bundle(path).component("unet", backend)  # the bundle must hold this backend
-    return Side(kind, path, backend, steps, guidance)
+        pinned = pinned_defaults(bundle=path)
+    steps, guidance = pinned.resolve(*given)
+    policy = fields.get("policy")
+    if policy is not None:
+        if kind == "pipeline":
+            raise PocketdiffError(f"bench compare side {text!r}: policy= applies to a bundle (a pipeline side runs "
+                                  "as diffusers does)")
+        if policy not in POLICIES:
+            raise choice_error("sampler policy", policy, POLICIES)
+    return Side(kind, path, backend, steps, guidance, policy)
 
 
 def _resolve_arch(text: str, fields: dict[str, str]) -> dict[str, str]:
     """An ``arch=`` side's fields with ``pipeline=`` or ``bundle=`` set to the cached build of that
     architecture (built on first use: minutes for SD1.5)."""
-    from pocketdiff.benchmarks.components import arch_sources
-
     backend = fields.get("backend", ARCH_BACKENDS[0])
     if backend not in ARCH_BACKENDS:
         raise choice_error("backend for an arch side", backend, ARCH_BACKENDS)
@@ -152,27 +176,49 @@ def _resolve_arch(text: str, fields: dict[str, str]) -> dict[str, str]:
     return {**rest, "backend": backend, kind: str(pipe_dir if kind == "pipeline" else source)}
 
 
-def _pipeline_calls(side: Side, role: str, threads: int, optimum_cache: str | Path
+def _dry_runtime(side: Side) -> RuntimePipeline:
+    """The side's runtime pipeline on shape-only sessions: its tokenizer, scheduler and policy, no models."""
+    if side.kind == "bundle":
+        b = load_bundle(side.path, verify=False)
+        m = b.manifest
+        sessions = {c.role: ShapeSession([TensorSpec.from_dict(i) for i in c.inputs],
+                                         [TensorSpec.from_dict(o) for o in c.outputs], c.path)
+                    for c in b.components if c.target == side.backend}
+        tok = CLIPBPETokenizer.from_dir(b.path / Path(m["tokenizer"]["vocab"]).parent)
+        return RuntimePipeline(tok, sessions, m["scheduler"]["config"], tuple(m["model"]["latent_shape"]),
+                               m["model"]["latent_scale_factor"], make_policy(side.policy, _policy_params(side, m)))
+    info = inspect_pipeline(side.path)
+    dims = Dims.from_configs(info.unet_config, info.text_encoder_config, info.vae_config)
+    sessions = {name: ShapeSession(*role.io(dims), name) for name, role in ROLES.items()}
+    return RuntimePipeline(CLIPBPETokenizer.from_dir(info.tokenizer_dir), sessions, info.scheduler_config,
+                           info.latent_shape, info.vae_config.get("scaling_factor", 0.18215), make_policy(side.policy))
+
+
+def _policy_params(side: Side, manifest: dict) -> dict | None:
+    sampler = manifest.get("sampler") or {}
+    return sampler.get("params") if sampler.get("policy") == side.policy else None
+
+
+def side_traces(side: Side) -> list[list[Call]]:
+    """The call traces end to end is composed from: one dry run, or (a data-dependent policy) real generations
+    of :data:`TRACE_PROMPTS` on the side's bundle."""
+    dry = _dry_runtime(side)
+    if not dry.policy.data_dependent:
+        return [dry.generate(TRACE_PROMPTS[0], steps=side.steps, guidance=side.guidance, seed=0).trace]
+    if side.kind != "bundle":
+        raise PocketdiffError(f"policy {side.policy!r} depends on the model's values: trace it on a bundle")
+    rt = RuntimePipeline.from_bundle(side.path, side.backend, policy=dry.policy)
+    return [rt.generate(p, steps=side.steps, guidance=side.guidance, seed=i).trace for i, p in enumerate(TRACE_PROMPTS)]
+
+
+def _pipeline_calls(side: Side, role: str, batches: list[int], threads: int, optimum_cache: str | Path
                     ) -> dict[int, Callable[[], object]]:
     """batch -> call of one component of a pipeline side (only that component is kept)."""
-    import torch
-
-    from pocketdiff.export.components import component_specs
-    from pocketdiff.export.parity import fixed_inputs
-    from pocketdiff.pipedir import inspect_pipeline
-
     info = inspect_pipeline(side.path)
-    latent = (info.unet_config["in_channels"],) + (info.unet_config["sample_size"],) * 2
-    hidden, vocab = info.text_encoder_config["hidden_size"], info.text_encoder_config["vocab_size"]
-    batches = [b for r, b in CASES if r == role]
-    w_dim = info.unet_config.get("time_cond_proj_dim")
-    feeds = {b: fixed_inputs(role, b, latent, hidden, vocab, guidance_embed_dim=w_dim) for b in batches}
+    dims = Dims.from_configs(info.unet_config, info.text_encoder_config, info.vae_config)
+    feeds = {b: get_role(role).fixed_inputs(dims, b) for b in batches}
     if side.backend == "optimum":
-        from pocketdiff.benchmarks.baselines import optimum_component_call
-
         return {b: optimum_component_call(side.path, role, feeds[b], threads, optimum_cache) for b in batches}
-    from pocketdiff.pipedir import load_pipeline
-
     torch.set_num_threads(threads)
     spec = next(s for s in component_specs(load_pipeline(side.path)) if s.name == role)
     calls = {}
@@ -186,41 +232,18 @@ def _pipeline_calls(side: Side, role: str, threads: int, optimum_cache: str | Pa
     return calls
 
 
-def _bundle_calls(side: Side, role: str, threads: int) -> dict[int, Callable[[], object]]:
-    from pocketdiff.export.parity import fixed_inputs
-    from pocketdiff.runtime.backends import BACKENDS, OnnxSession
-    from pocketdiff.runtime.bundle import load_bundle
-
+def _bundle_calls(side: Side, role: str, batches: list[int], threads: int) -> dict[int, Callable[[], object]]:
     bundle = load_bundle(side.path)
-    unet_inputs = {i["name"]: i["shape"] for i in bundle.component("unet", side.backend).inputs}
-    hidden = unet_inputs["encoder_hidden_states"][-1]
-    w_dim = unet_inputs["timestep_cond"][-1] if "timestep_cond" in unet_inputs else None
     comp = bundle.component(role, side.backend)
+    inputs, outputs = [TensorSpec.from_dict(i) for i in comp.inputs], [TensorSpec.from_dict(o) for o in comp.outputs]
     if side.backend == "onnx":  # workers sleep after a call instead of spinning into the next side's call
         session = OnnxSession(bundle.path / comp.path, threads, allow_spinning=False)
     else:
-        session = BACKENDS[side.backend](bundle.path / comp.path, comp, threads)
-    fixed = comp.inputs[0]["shape"][0]
-    calls = {}
-    for r, b in CASES:
-        if r != role or (isinstance(fixed, int) and fixed != b):
-            continue  # an ExecuTorch program runs only at its static batch
-        feeds = fixed_inputs(role, b, bundle.manifest["model"]["latent_shape"], hidden, 1000, guidance_embed_dim=w_dim)
-        calls[b] = lambda session=session, feeds=feeds: session.run(feeds)
-    return calls
-
-
-def _e2e(side: Side, ms: dict[tuple[str, int], float]) -> dict:
-    step_batch = 2 if side.cfg else 1
-    out = {"steps": side.steps, "guidance": side.guidance}
-    if not {("text_encoder", 1), ("vae_decoder", 1)} <= set(ms):  # a run limited to some components
-        return out
-    if ("unet", step_batch) in ms:
-        out["e2e_ms"] = ms[("text_encoder", 1)] + side.steps * ms[("unet", step_batch)] + ms[("vae_decoder", 1)]
-    if ("unet", 1) in ms:
-        out["e2e_batch1_formula_ms"] = (ms[("text_encoder", 1)] + side.steps * (2 if side.cfg else 1) * ms[("unet", 1)]
-                                        + ms[("vae_decoder", 1)])
-    return out
+        session = BACKENDS[side.backend](bundle.path / comp.path, inputs, outputs, threads)
+    dims = Dims.from_bundle(bundle, side.backend)
+    fixed = session.fixed_batch  # an ExecuTorch program runs only at its static batch
+    return {b: (lambda feeds=get_role(role).fixed_inputs(dims, b): session.run(feeds))
+            for b in batches if fixed is None or fixed == b}
 
 
 def side_names(n: int) -> list[str]:
@@ -229,16 +252,27 @@ def side_names(n: int) -> list[str]:
     return list(string.ascii_uppercase[:n])
 
 
-def _calls(side: Side, role: str, threads: int, optimum_cache) -> dict[int, Callable[[], object]]:
+def _calls(side: Side, role: str, batches: list[int], threads: int, optimum_cache) -> dict[int, Callable]:
     if side.kind == "pipeline":
-        return _pipeline_calls(side, role, threads, optimum_cache)
-    return _bundle_calls(side, role, threads)
+        return _pipeline_calls(side, role, batches, threads, optimum_cache)
+    return _bundle_calls(side, role, batches, threads)
+
+
+def compose(traces: list[list[Call]], medians: dict[tuple[str, int], float]) -> dict:
+    """End to end of one side from its traces and its own per-(role, batch) medians: the calls per trace (mean
+    over traces) and, when every call's case was measured, the mean summed latency."""
+    counts = Counter(f"{c.role}@{c.batch}" for t in traces for c in t)
+    out = {"calls": {k: v / len(traces) for k, v in counts.items()}}
+    if all((c.role, c.batch) in medians for t in traces for c in t):
+        out["e2e_ms"] = sum(medians[(c.role, c.batch)] for t in traces for c in t) / len(traces)
+    return out
 
 
 def compare(sides: list[Side], threads: int = 2, warmup: int = 3, repeat: int = 10, progress=None,
             optimum_cache: str | Path = "build/bench/optimum", pairwise: bool = False,
             components: tuple[str, ...] | None = None) -> dict:
-    """Alternate the sides' calls of each component; ratios are each side's median over side A's.
+    """Alternate the sides' calls of each component; ratios are each side's median over side A's; each side's
+    end to end is composed from its trace (module docstring).
 
     ``pairwise``: instead of all sides at once, alternate A with each other side in turn, loading one
     pair at a time (for models too big to hold one copy per side: four SD1.5 UNets ran out of 24 GB).
@@ -246,25 +280,27 @@ def compare(sides: list[Side], threads: int = 2, warmup: int = 3, repeat: int = 
     ``components`` limits the run to those roles (e.g. ``("unet",)``); the end-to-end figure then needs
     the missing ones and is left out.
     """
-    from pocketdiff.benchmarks.latency import machine_info, measure_alternating, stats
-
     names = side_names(len(sides))
     by_name = dict(zip(names, sides))
-    groups = [[names[0], n] for n in names[1:]] if pairwise else [names]
-    rows, medians = [], {n: {} for n in names}
-    roles = list(dict.fromkeys(r for r, _ in CASES))
+    traces = {n: side_traces(s) for n, s in by_name.items()}
+    traced = {(c.role, c.batch) for ts in traces.values() for t in ts for c in t}
+    roles = list(dict.fromkeys(r for r, _ in sorted(traced, key=lambda rb: list(ROLES).index(rb[0])
+                                                    if rb[0] in ROLES else len(ROLES))))
     if components is not None:
         unknown = sorted(set(components) - set(roles))
         if unknown or not components:
             raise choice_error("component", unknown[0] if unknown else "", roles)
         roles = [r for r in roles if r in components]
+    groups = [[names[0], n] for n in names[1:]] if pairwise else [names]
+    rows, medians = [], {n: {} for n in names}
     for i, role in enumerate(roles):
+        batches = sorted({b for r, b in bench_cases([role]) + sorted(traced) if r == role})
         samples: dict[int, dict[str, list[float]]] = {}
         ratios: dict[int, dict[str, float]] = {}
         a_in_group: dict[int, dict[str, float]] = {}
         for group in groups:
-            calls = {n: _calls(by_name[n], role, threads, optimum_cache) for n in group}
-            for batch in [b for r, b in CASES if r == role]:
+            calls = {n: _calls(by_name[n], role, batches, threads, optimum_cache) for n in group}
+            for batch in batches:
                 present = {n: calls[n][batch] for n in group if batch in calls[n]}
                 timed = measure_alternating(present, warmup, repeat, keep_samples=True)
                 for n, (_, raw) in timed.items():
@@ -290,10 +326,38 @@ def compare(sides: list[Side], threads: int = 2, warmup: int = 3, repeat: int = 
             rows.append(row)
         if progress:
             progress(i + 1, len(roles))
-    e2e = {n: _e2e(s, medians[n]) for n, s in by_name.items()}
+    e2e = {n: {"steps": s.steps, "guidance": s.guidance, "policy": s.policy, **compose(traces[n], medians[n])}
+           for n, s in by_name.items()}
     if "e2e_ms" in e2e["A"]:
         e2e["speedup_vs_a"] = {n: round(e2e["A"]["e2e_ms"] / e2e[n]["e2e_ms"], 3) for n in names[1:]
                                if "e2e_ms" in e2e[n]}
     return {"sides": {n: s.to_dict() for n, s in by_name.items()}, "components": rows, "end_to_end": e2e,
+            "traces": {n: [[c.to_dict(with_time=False) for c in t] for t in ts] for n, ts in traces.items()},
             "alternation": "pairwise with A" if pairwise else "all sides", "threads": threads, "warmup": warmup,
             "repeat": repeat, "machine": machine_info(threads)}
+
+
+@dataclass
+class BenchStage:
+    teacher_steps: int = 50  # the teacher side of the comparison (the student runs its own steps)
+    threads: int = 2
+    warmup: int = 3
+    repeat: int = 10
+
+
+def run_bench(ctx: Context, cfg: BenchStage) -> None:
+    """The teacher exported to an ONNX bundle (``WORKDIR/bench/teacher``, the export stage's guidance) against
+    the student's bundle at its pinned steps, side by side; ``WORKDIR/bench/compare.json``."""
+    g = ctx.recipe.config("export").guidance
+    out = ctx.out("bench")
+    out.mkdir(parents=True, exist_ok=True)
+    teacher = write_bundle(ctx.teacher, out / "teacher", ExportConfig(targets=("onnx",), guidance=g,
+                                                                     steps=cfg.teacher_steps), overwrite=True)
+    student = pinned_defaults(bundle=student_bundle(ctx))
+    sides = [Side("bundle", teacher, "onnx", cfg.teacher_steps, g),
+             Side("bundle", student_bundle(ctx), "onnx", student.steps, student.guidance)]
+    result = compare(sides, cfg.threads, cfg.warmup, cfg.repeat)
+    (out / "compare.json").write_text(json.dumps(result, indent=1) + "\n")
+
+
+STAGE = Stage("bench", BenchStage, run_bench, needs=("export",))

@@ -13,19 +13,27 @@ pipeline folder is given. The fraction of peak divides by a measured sgemm rate
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from pocketdiff.architectures.decoder import prune_decoder
+from pocketdiff.architectures.factory import build_pipeline, get_architecture, load_unet_spec, unet_class
+from pocketdiff.benchmarks.flops import count_flops
+from pocketdiff.benchmarks.latency import machine_info
+from pocketdiff.benchmarks.session_worker import peak_rss_mb, time_component
 from pocketdiff.errors import PocketdiffError, choice_error
-from pocketdiff.export.parity import fixed_inputs
+from pocketdiff.export.bundle import ExportConfig, write_bundle
+from pocketdiff.export.components import component_specs
+from pocketdiff.export.roles import Dims, bench_cases, get_role
+from pocketdiff.pipedir import StageRecord, inspect_pipeline, load_pipeline, write_pipeline
+from pocketdiff.runtime.bundle import load_bundle
 
 BACKENDS = ("torch", "onnx", "executorch")
-CASES = (("text_encoder", 1), ("unet", 1), ("unet", 2), ("vae_decoder", 1))
 
 
 def measured_peak_gflops(threads: int, n: int = 2048, repeat: int = 10) -> dict:
@@ -68,70 +76,25 @@ def peak_gflops_estimate(threads: int) -> dict:
             "how": f"{threads} threads x {ghz:.2f} GHz x {per_cycle} fp32 FLOPs/cycle (estimate)"}
 
 
-def peak_rss_mb() -> float:
-    """This process's peak resident set size in MB: ``VmHWM`` from ``/proc/self/status``.
+def _torch_worker(source: str, role: str, batch: int, threads: int, warmup: int, repeat: int) -> dict:
+    """Runs in the child for the torch backend: load one component of a pipeline folder, time it. (Bundle
+    backends run in ``benchmarks/session_worker.py``, which imports no torch, so its peak RSS is the
+    runtime's own.)"""
+    import torch
 
-    Not ``getrusage().ru_maxrss``: Linux keeps that across ``execve``, so a child started from a large
-    parent reports the parent's peak (measured: every case of a bench run from a 1.3 GB parent read
-    1294 MB). ``VmHWM`` belongs to the address space, which ``execve`` replaces. Falls back to
-    ``ru_maxrss`` where ``/proc`` is missing (macOS reports it in bytes, Linux in KiB)."""
-    status = Path("/proc/self/status")
-    if status.exists():
-        m = re.search(r"^VmHWM:\s*(\d+) kB", status.read_text(), re.M)
-        if m:
-            return int(m.group(1)) / 1024
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / 2**20 if sys.platform == "darwin" else rss / 1024
-
-
-def _worker(source: str, backend: str, role: str, batch: int, threads: int, warmup: int, repeat: int) -> dict:
-    """Runs in the child: load one component, time the first call, then ``repeat`` calls."""
-    from pocketdiff.benchmarks.latency import measure
-
-    if backend == "torch":  # imports are not part of the cold start
-        import torch
-
-        from pocketdiff.export.components import component_specs
-        from pocketdiff.pipedir import load_pipeline
-    else:
-        from pocketdiff.runtime.backends import BACKENDS as SESSIONS
-        from pocketdiff.runtime.bundle import load_bundle
-
-        if backend == "executorch":
-            import executorch.runtime  # noqa: F401
-    rss_start = peak_rss_mb()
-    t0 = time.perf_counter()
-    if backend == "torch":
+    def load():
         torch.set_num_threads(threads)
         pipe = load_pipeline(source)
         spec = next(s for s in component_specs(pipe) if s.name == role)
-        feeds = fixed_inputs(role, batch, (pipe.unet.config.in_channels,) + (pipe.unet.config.sample_size,) * 2,
-                             pipe.text_encoder.config.hidden_size, pipe.text_encoder.config.vocab_size,
-                             guidance_embed_dim=pipe.unet.config.time_cond_proj_dim)
+        feeds = get_role(role).fixed_inputs(Dims.from_pipe(pipe), batch)
         args = [torch.from_numpy(feeds[n]) for n in spec.input_names]
 
         def call():
             with torch.no_grad():
                 return spec.module(*args)
-    else:
-        bundle = load_bundle(source)
-        comp = bundle.component(role, backend)
-        session = SESSIONS[backend](bundle.path / comp.path, comp, threads)
-        m = bundle.manifest
-        unet_inputs = {i["name"]: i["shape"] for i in bundle.component("unet", backend).inputs}
-        feeds = fixed_inputs(role, batch, m["model"]["latent_shape"], unet_inputs["encoder_hidden_states"][-1], 1000,
-                             guidance_embed_dim=unet_inputs["timestep_cond"][-1] if "timestep_cond" in unet_inputs
-                             else None)
+        return call
 
-        def call():
-            return session.run(feeds)
-    load_s = time.perf_counter() - t0
-    t1 = time.perf_counter()
-    call()
-    first_s = time.perf_counter() - t1
-    stats = measure(call, warmup, repeat)
-    return {"load_s": load_s, "first_call_s": first_s, "cold_start_s": load_s + first_s,
-            **stats.to_dict(), "rss_before_load_mb": rss_start, "peak_rss_mb": peak_rss_mb()}
+    return time_component(load, warmup, repeat)
 
 
 def meta_pipeline(pipeline_dir: str | Path):
@@ -143,9 +106,6 @@ def meta_pipeline(pipeline_dir: str | Path):
     from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    from pocketdiff.architectures.factory import unet_class
-    from pocketdiff.pipedir import inspect_pipeline
-
     info = inspect_pipeline(pipeline_dir)
     with torch.device("meta"):
         return SimpleNamespace(unet=unet_class(info.unet_config).from_config(info.unet_config).eval(),
@@ -155,9 +115,6 @@ def meta_pipeline(pipeline_dir: str | Path):
 
 def component_flops(pipe, role: str, batch: int) -> dict:
     import torch
-
-    from pocketdiff.benchmarks.flops import count_flops
-    from pocketdiff.export.components import component_specs
 
     spec = next(s for s in component_specs(pipe) if s.name == role)
     with torch.device("meta"):
@@ -176,11 +133,6 @@ def arch_sources(arch: str, backend: str, resolution: int | None, cache_dir: str
     ``decoder_width`` swaps in the channel-pruned VAE decoder at that width
     (``architectures.decoder.prune_decoder``).
     """
-    import hashlib
-
-    from pocketdiff.architectures.factory import build_pipeline, get_architecture, load_unet_spec
-    from pocketdiff.pipedir import StageRecord, write_pipeline
-
     a = get_architecture(arch)
     overrides = load_unet_spec(unet_spec) if unet_spec else None
     resolution = resolution or a.image_size
@@ -196,8 +148,6 @@ def arch_sources(arch: str, backend: str, resolution: int | None, cache_dir: str
         if decoder_width is not None and decoder_width != 1.0:
             from diffusers import StableDiffusionPipeline
 
-            from pocketdiff.architectures.decoder import prune_decoder
-
             pipe = StableDiffusionPipeline(**{**pipe.components, "vae": prune_decoder(pipe.vae, decoder_width)},
                                            requires_safety_checker=False)
         write_pipeline(pipe, pipe_dir, [StageRecord("create", {"arch": arch, "seed": 0, "resolution": resolution,
@@ -207,8 +157,6 @@ def arch_sources(arch: str, backend: str, resolution: int | None, cache_dir: str
         return pipe_dir, pipe_dir
     bundle = cache / f"{name}-{backend}"
     if not bundle.is_dir():
-        from pocketdiff.export.bundle import ExportConfig, write_bundle
-
         write_bundle(pipe_dir, bundle, ExportConfig(targets=(backend,)))
     return bundle, pipe_dir
 
@@ -219,32 +167,26 @@ def bench_components(source: str | Path, backend: str, threads: int = 2, warmup:
 
     FLOPs need the torch models' configs: the pipeline folder itself for torch, ``pipeline_dir``
     (if given) for a bundle."""
-    from pocketdiff.benchmarks.latency import machine_info
-
     if backend not in BACKENDS:
         raise choice_error("backend", backend, BACKENDS)
     source = Path(source)
     if backend == "torch":
-        from pocketdiff.pipedir import inspect_pipeline
-
         inspect_pipeline(source)
         pipeline_dir = source
-        cases = list(CASES)
+        cases = bench_cases()
     else:
-        from pocketdiff.runtime.bundle import load_bundle
-
         bundle = load_bundle(source)
-        fixed = {c.role: c.inputs[0]["shape"][0] for c in bundle.components
-                 if c.target == backend and isinstance(c.inputs[0]["shape"][0], int)}
-        cases = [(r, b) for r, b in CASES if fixed.get(r, b) == b]
         bundle.component("unet", backend)  # error early if the bundle lacks this backend
+        have = {c.role: c.inputs[0]["shape"][0] for c in bundle.components if c.target == backend}
+        cases = [(r, b) for r, b in bench_cases(have) if not isinstance(have[r], int) or have[r] == b]
     peak = {"peak_gflops": peak_gflops, "how": "--peak-gflops"} if peak_gflops else measured_peak_gflops(threads)
     peak["cpuinfo_estimate"] = peak_gflops_estimate(threads)
     meta = meta_pipeline(pipeline_dir) if pipeline_dir else None
     rows = []
     for i, (role, batch) in enumerate(cases):
-        cmd = [sys.executable, "-m", "pocketdiff.benchmarks.components", str(source), backend, role, str(batch),
-               str(threads), str(warmup), str(repeat)]
+        worker = "pocketdiff.benchmarks.components" if backend == "torch" else "pocketdiff.benchmarks.session_worker"
+        cmd = [sys.executable, "-m", worker, str(source), backend, role, str(batch), str(threads), str(warmup),
+               str(repeat)]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise PocketdiffError(f"benchmark of {role} (batch {batch}) on {backend} failed: "
@@ -263,7 +205,8 @@ def bench_components(source: str | Path, backend: str, threads: int = 2, warmup:
             "peak": peak, "machine": machine_info(threads), "components": rows}
 
 
-if __name__ == "__main__":  # the child process of bench_components
-    src, be, role_, batch_, threads_, warmup_, repeat_ = sys.argv[1:8]
+if __name__ == "__main__":  # the child process of bench_components (torch backend)
+    src, _, role_, batch_, threads_, warmup_, repeat_ = sys.argv[1:8]
     # the child's protocol: one JSON line on stdout, read by bench_components
-    sys.stdout.write(json.dumps(_worker(src, be, role_, int(batch_), int(threads_), int(warmup_), int(repeat_))) + "\n")
+    sys.stdout.write(json.dumps(_torch_worker(src, role_, int(batch_), int(threads_), int(warmup_), int(repeat_)))
+                     + "\n")

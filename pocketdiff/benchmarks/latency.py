@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+from pocketdiff.pipedir import package_versions
+
 
 @dataclass(frozen=True)
 class LatencyStats:
@@ -74,8 +76,6 @@ def cpu_model() -> str:
 
 
 def machine_info(threads: int | None) -> dict:
-    from pocketdiff.pipedir import package_versions
-
     return {"cpu": cpu_model(), "logical_cpus": os.cpu_count(), "machine": platform.machine(),
             "system": platform.system(), "python": platform.python_version(), "threads": threads,
             "versions": package_versions()}

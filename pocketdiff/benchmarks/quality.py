@@ -20,8 +20,15 @@ from pathlib import Path
 
 import numpy as np
 
+from pocketdiff.architectures.vocab import TOKENIZER_DIR
 from pocketdiff.errors import PocketdiffError, choice_error
-from pocketdiff.toyworld.world import Scene, caption, render, sample_scene
+from pocketdiff.generate import GenerateConfig, generate_many
+from pocketdiff.pipedir import atomic_output_file
+from pocketdiff.runtime.tokenizer import CLIPBPETokenizer
+from pocketdiff.toyworld import TOY_TEACHER_DIR
+from pocketdiff.toyworld.checker import AttributeChecker, read, score, summarize
+from pocketdiff.toyworld.clip import ClipImageFeatures, clip_score
+from pocketdiff.toyworld.world import Scene, caption, rephrase, render, sample_scene
 
 PROMPT_SETS = ("toy-val",)
 
@@ -51,6 +58,13 @@ def prompt_set(name: str, n: int, seed: int = 0) -> list[PromptItem]:
     return items
 
 
+def rephrased(items: list[PromptItem], seed: int = 0) -> list[PromptItem]:
+    """The phrasing split: the same scenes captioned in phrasings no training template produces
+    (``toyworld.world.rephrase``), to tell template-following from understanding; never trained on."""
+    rng = np.random.default_rng([seed, 27182])
+    return [dataclasses.replace(it, prompt=rephrase(it.scene, rng)) for it in items]
+
+
 def reference_images(items: list[PromptItem], seed: int = 0) -> np.ndarray:
     """Fresh renders of the same scenes with new sub-cell jitter."""
     rng = np.random.default_rng([seed, 4242])
@@ -72,10 +86,6 @@ class EvalModels:
         """``path`` holds ``clip/`` and ``checker/`` as written by ``pocketdiff toy train-teacher``."""
         from transformers import CLIPModel
 
-        from pocketdiff.architectures.vocab import TOKENIZER_DIR
-        from pocketdiff.runtime.tokenizer import CLIPBPETokenizer
-        from pocketdiff.toyworld.checker import AttributeChecker
-
         path = Path(path)
         for sub in ("clip", "checker"):
             if not (path / sub / "config.json").is_file():
@@ -89,8 +99,6 @@ def fid(models: EvalModels, images: np.ndarray, reference: np.ndarray) -> float:
     import torch
     from torchmetrics.image.fid import FrechetInceptionDistance
 
-    from pocketdiff.toyworld.clip import ClipImageFeatures
-
     metric = FrechetInceptionDistance(feature=ClipImageFeatures(models.clip), reset_real_features=True)
     to_t = lambda a: torch.from_numpy(np.ascontiguousarray(a)).permute(0, 3, 1, 2)  # noqa: E731  uint8 NCHW
     for i in range(0, len(images), 256):
@@ -100,8 +108,6 @@ def fid(models: EvalModels, images: np.ndarray, reference: np.ndarray) -> float:
 
 
 def attribute_report(models: EvalModels, items: list[PromptItem], images: np.ndarray) -> dict:
-    from pocketdiff.toyworld.checker import read, score, summarize
-
     scores = [score(it.scene, r) for it, r in zip(items, read(models.checker, images))]
     report = {"overall": summarize(scores)}
     groups = {f"kind={k}": lambda it, k=k: it.kind == k for k in ("single", "pair")}
@@ -117,8 +123,6 @@ def attribute_report(models: EvalModels, items: list[PromptItem], images: np.nda
 
 def evaluate_images(models: EvalModels, items: list[PromptItem], images: np.ndarray, seed: int = 0) -> dict:
     """All toy metrics for ``images`` (uint8 [N, H, W, 3]) generated from ``items``' prompts."""
-    from pocketdiff.toyworld.clip import clip_score
-
     if len(images) != len(items):
         raise PocketdiffError(f"{len(images)} images for {len(items)} prompts")
     ref = reference_images(items, seed)
@@ -156,8 +160,6 @@ def write_report(result: dict, out_json: str | Path, grid: np.ndarray | None = N
     """Write ``eval.json`` (and ``eval.png`` beside it) atomically."""
     from PIL import Image
 
-    from pocketdiff.pipedir import atomic_output_file
-
     out_json = Path(out_json)
     if grid is not None:
         with atomic_output_file(out_json.with_suffix(".png")) as tmp:
@@ -169,30 +171,37 @@ def write_report(result: dict, out_json: str | Path, grid: np.ndarray | None = N
 
 def evaluate_source(gen, prompts: str = "toy-val", n: int = 500, eval_models: str | Path | None = None,
                     real: "RealEvalInputs | None" = None, pipeline_dir=None, onnx_dir=None, bundle_dir=None,
-                    callback=None) -> tuple[dict, np.ndarray]:
+                    callback=None, backend: str = "onnx") -> tuple[dict, np.ndarray]:
     """Generate an eval set with ``gen`` (a ``GenerateConfig``; its seed seeds the prompt set too) from one
     source (a pipeline folder, an ONNX folder or a bundle) and score it; (result, images).
 
     The toy protocol: ``n`` prompts of the set ``prompts``, toy FID/CLIP and the attribute checker of
-    ``eval_models`` (default: the toy teacher's). With ``real`` (see :func:`check_real_eval_inputs`): its
+    ``eval_models`` (default: the toy teacher's); then the same scenes and seeds captioned in the phrasing
+    split (:func:`rephrased`), whose attribute accuracy is ``result["rephrased"]`` (``callback`` counts both
+    sets: 2n images). With ``real`` (see :func:`check_real_eval_inputs`): its
     captions, Inception FID against its reference images, CLIP score with its local CLIP. This is the one
     implementation ``pocketdiff eval``, the build's eval stage and the regression gate share."""
-    from pocketdiff.generate import generate_many
-    from pocketdiff.toyworld import TOY_TEACHER_DIR
-
     source = {"pipeline_dir": pipeline_dir, "onnx_dir": onnx_dir, "bundle_dir": bundle_dir}
     if sum(v is not None for v in source.values()) != 1:
         raise PocketdiffError(f"evaluate one source: a pipeline, an ONNX folder or a bundle; got {source}")
     if real is not None:
-        images = generate_many(real.captions, gen, **source, callback=callback)
+        images = generate_many(real.captions, gen, **source, callback=callback, backend=backend)
         result = evaluate_real(real, images)
     else:
         items = prompt_set(prompts, n, gen.seed)
-        images = generate_many([it.prompt for it in items], gen, **source, callback=callback)
-        result = evaluate_images(EvalModels.load(eval_models or TOY_TEACHER_DIR), items, images, seed=gen.seed)
-        result["prompts"] = prompts
+        again = rephrased(items, gen.seed)
+        progress = (lambda done, total: callback(done, 2 * total)) if callback else None
+        images = generate_many([it.prompt for it in items], gen, **source, callback=progress, backend=backend)
+        models = EvalModels.load(eval_models or TOY_TEACHER_DIR)
+        result = evaluate_images(models, items, images, seed=gen.seed)
+        progress = (lambda done, total: callback(total + done, 2 * total)) if callback else None
+        other = generate_many([it.prompt for it in again], gen, **source, callback=progress, backend=backend)
+        attrs = attribute_report(models, again, other)
+        result.update(prompts=prompts, rephrased={"attribute_accuracy": attrs["overall"]["all"], "attributes": attrs,
+                                                   "examples": [it.prompt for it in again[:4]]})
     result.update(seed=gen.seed, steps=gen.steps, guidance=gen.guidance, scheduler=gen.scheduler,
-                  source=str(next(v for v in source.values() if v is not None)))
+                  source=str(next(v for v in source.values() if v is not None)),
+                  **({"backend": backend} if bundle_dir is not None else {}))
     return result, images
 
 
@@ -204,8 +213,6 @@ def baseline_table(pipeline_dir: str | Path, models: EvalModels, n: int, guidanc
                    steps: tuple[int, ...] = BASELINE_STEPS, schedulers: tuple[str, ...] = BASELINE_SCHEDULERS,
                    callback=None) -> list[dict]:
     """The teacher at each (scheduler, steps): the reference every later stage must beat."""
-    from pocketdiff.generate import GenerateConfig, generate_many
-
     items = prompt_set("toy-val", n, seed)
     rows = []
     for sched in schedulers:

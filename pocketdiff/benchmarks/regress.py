@@ -18,9 +18,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from pocketdiff.benchmarks.quality import evaluate_source
 from pocketdiff.errors import PocketdiffError
+from pocketdiff.generate import GenerateConfig
+from pocketdiff.pipedir import atomic_output_file
+from pocketdiff.runtime.bundle import load_bundle
 
-METRICS = ("fid", "clip_score", "attribute_accuracy", "accuracy_heldout")
+METRICS = ("fid", "clip_score", "attribute_accuracy", "accuracy_heldout", "accuracy_rephrased")
 BOUNDS = ("min", "max")
 
 
@@ -58,7 +62,8 @@ def load_baseline(path: str | Path) -> dict:
 def metric_values(result: dict) -> dict[str, float]:
     """The gate's metrics from a ``pocketdiff eval`` result."""
     return {"fid": result["fid"], "clip_score": result["clip_score"], "attribute_accuracy": result["attribute_accuracy"],
-            "accuracy_heldout": result["attributes"].get("split=heldout", {}).get("all", float("nan"))}
+            "accuracy_heldout": result["attributes"].get("split=heldout", {}).get("all", float("nan")),
+            "accuracy_rephrased": result.get("rephrased", {}).get("attribute_accuracy", float("nan"))}
 
 
 def check(values: dict[str, float], baseline: dict) -> list[Check]:
@@ -77,10 +82,6 @@ def table(checks: list[Check]) -> str:
 def regress(bundle: str | Path, baseline_path: str | Path, eval_models: str | Path | None = None,
             out: str | Path | None = None) -> tuple[bool, list[Check], dict]:
     """Evaluate ``bundle`` as the baseline says; (passed, checks, eval result)."""
-    from pocketdiff.benchmarks.quality import evaluate_source
-    from pocketdiff.generate import GenerateConfig
-    from pocketdiff.runtime.bundle import load_bundle
-
     b = load_baseline(baseline_path)
     manifest = load_bundle(bundle, verify=False).manifest  # the sampler below verifies the checksums once
     steps = b.get("steps") or manifest["defaults"]["steps"]
@@ -88,8 +89,6 @@ def regress(bundle: str | Path, baseline_path: str | Path, eval_models: str | Pa
     result, _ = evaluate_source(cfg, b["prompts"], b["n"], eval_models, bundle_dir=bundle)
     checks = check(metric_values(result), b)
     if out is not None:
-        from pocketdiff.pipedir import atomic_output_file
-
         with atomic_output_file(out) as tmp:
             tmp.write_text(json.dumps({"bundle": str(bundle), "baseline": str(baseline_path), "result": result,
                                        "checks": [{**c.__dict__, "ok": c.ok} for c in checks]}, indent=1) + "\n")

@@ -1,7 +1,10 @@
 """Captioned images for the training stages: one place that names the sources.
 
-``toyworld``
-    the procedural world of captioned shapes (``pocketdiff.toyworld``), endless and seeded.
+``toyworld`` (and any other named source)
+    a plugin under the ``pocketdiff.data_sources`` entry points: a function ``(n, seed, split) ->
+    (captions, load)`` with ``load(start, stop) -> uint8 [stop - start, H, W, 3]``. The toy world
+    (``toyworld.world.captioned_source``, the procedural world of captioned shapes) is one; the stages
+    name sources without importing them, so the toy world may train on this package's loop.
 ``imagefolder:DIR``
     a folder of images with a ``metadata.jsonl`` whose lines are ``{"file_name": ..., "text": ...}``
     (the layout of Hugging Face ``datasets``' imagefolder): the data for a real checkpoint, e.g. a LAION
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Callable
 
@@ -23,14 +27,20 @@ import numpy as np
 
 from pocketdiff.errors import PocketdiffError
 
-DATA_SOURCES = ("toyworld", "imagefolder:DIR")
 IMAGEFOLDER = "imagefolder:"
 METADATA = "metadata.jsonl"
+ENTRY_POINTS = "pocketdiff.data_sources"
+
+
+def named_sources() -> dict[str, Callable]:
+    """name -> source function, from the ``pocketdiff.data_sources`` entry points (loaded when first drawn)."""
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINTS)}
 
 
 def check_data_source(data: str, what: str = "data source") -> str:
     """``data`` if it names a usable source; else an error naming the bad value and the allowed forms."""
-    if data == "toyworld":
+    named = named_sources()
+    if data in named:
         return data
     if isinstance(data, str) and data.startswith(IMAGEFOLDER):
         meta = Path(data[len(IMAGEFOLDER):]) / METADATA
@@ -38,7 +48,7 @@ def check_data_source(data: str, what: str = "data source") -> str:
             raise PocketdiffError(f"{what} {data!r}: {meta} does not exist (an imagefolder source needs a "
                                   f"{METADATA} with file_name and text on each line)")
         return data
-    raise PocketdiffError(f"unknown {what} {data!r}; allowed: {', '.join(DATA_SOURCES)}")
+    raise PocketdiffError(f"unknown {what} {data!r}; allowed: {', '.join([*named, IMAGEFOLDER + 'DIR'])}")
 
 
 @dataclass(frozen=True)
@@ -84,14 +94,12 @@ def _load_square(path: Path, size: int) -> np.ndarray:
 def captioned_samples(data: str, n: int, seed: int, split: str = "train", size: int | None = None) -> Captioned:
     """``n`` captioned images of ``data``, the same for the same seed.
 
-    toyworld draws ``split`` at its own resolution; an image folder has no splits, draws ``n`` rows by a
+    A named source draws ``split`` at its own resolution; an image folder has no splits, draws ``n`` rows by a
     seeded permutation (repeated when ``n`` exceeds the folder) and loads images at ``size``."""
     check_data_source(data)
-    if data == "toyworld":
-        from pocketdiff.toyworld.world import batch
-
-        drawn = batch(seed, n, split)
-        return Captioned([s.caption for s in drawn], lambda a, b: np.stack([s.image for s in drawn[a:b]]))
+    named = named_sources()
+    if data in named:
+        return Captioned(*named[data].load()(n, seed, split))
     folder = Path(data[len(IMAGEFOLDER):])
     rows = _folder_rows(folder)
     rng = np.random.default_rng(seed)

@@ -26,8 +26,14 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from pocketdiff.distill.loop import check_lr_schedule, lr_schedule
+from pocketdiff.architectures.decoder import DECODER_KINDS, prune_decoder, tiny_decoder_vae
+from pocketdiff.build import Context, Stage
+from pocketdiff.distill.data import captioned_samples, check_data_source
+from pocketdiff.distill.kd import encoded_pool
+from pocketdiff.loop import LoopConfig, check_lr_schedule, lr_schedule, train
+from pocketdiff.distributed import device
 from pocketdiff.errors import PocketdiffError, choice_error
+from pocketdiff.pipedir import StageRecord, atomic_output_file, load_pipeline, read_history, write_pipeline
 
 PERCEPTUAL = ("clip", "none")
 
@@ -54,14 +60,11 @@ class DecoderDistillConfig:
     n_encoded: int = 2000  # VAE-encoded real samples (0: none)
     latent_jitter: float = 0.0  # probability per training latent of a random channel mix (see jitter_latents)
     jitter_scale: float = 0.25  # the mix is I + jitter_scale * N(0, 1) per (C, C) entry
-    data: str = "toyworld"  # prompt and image source (distill.data.DATA_SOURCES)
+    data: str = "toyworld"  # prompt and image source: a named source (toyworld) or imagefolder:DIR (distill.data)
     checkpoint_every: int = 500
     seed: int = 0
 
     def validate(self) -> "DecoderDistillConfig":
-        from pocketdiff.architectures.decoder import DECODER_KINDS
-        from pocketdiff.distill.data import check_data_source
-
         if self.kind not in DECODER_KINDS:
             raise choice_error("decoder kind", self.kind, DECODER_KINDS)
         if self.perceptual not in PERCEPTUAL:
@@ -103,7 +106,6 @@ def generate_latents(pipe, prompts: list[str], steps: int, guidance: float, seed
 
     gen = StableDiffusionPipeline(**{**pipe.components, "scheduler": DDIMScheduler.from_config(pipe.scheduler.config)},
                                   requires_safety_checker=False)
-    from pocketdiff.distributed import device
 
     gen.set_progress_bar_config(disable=True)
     gen.to(device())
@@ -122,10 +124,6 @@ def latent_cache(pipe, pipeline_dir, cfg: DecoderDistillConfig, workdir: Path, p
 
     The first ``n_generated`` rows are the teacher's generations, the rest VAE-encoded samples."""
     from safetensors.torch import load_file, save_file
-
-    from pocketdiff.distill.data import captioned_samples
-    from pocketdiff.distill.kd import encoded_pool
-    from pocketdiff.pipedir import atomic_output_file
 
     file, meta = workdir / "latents.safetensors", workdir / "latents.json"
     want = _fingerprint(pipeline_dir, cfg)
@@ -194,8 +192,6 @@ def jitter_latents(z: torch.Tensor, prob: float, scale: float, g: torch.Generato
 
 
 def make_student(vae, cfg: DecoderDistillConfig):
-    from pocketdiff.architectures.decoder import prune_decoder, tiny_decoder_vae
-
     return prune_decoder(vae, cfg.width) if cfg.kind == "pruned" else (
         tiny_decoder_vae(vae, cfg.tiny_channels, cfg.tiny_blocks))
 
@@ -224,10 +220,6 @@ def distill_decoder(pipeline_dir: str | Path, out_dir: str | Path, cfg: DecoderD
     The latent cache lives in ``cache_dir`` (default ``workdir``): runs that differ only in the student or
     its training share one cache, which is fingerprinted by teacher and generation settings."""
     from diffusers import StableDiffusionPipeline
-
-    from pocketdiff.distill.loop import LoopConfig, train
-    from pocketdiff.distributed import device
-    from pocketdiff.pipedir import StageRecord, load_pipeline, read_history, write_pipeline
 
     cfg.validate()
     if Path(out_dir).exists() and not overwrite:
@@ -270,3 +262,11 @@ def distill_decoder(pipeline_dir: str | Path, out_dir: str | Path, cfg: DecoderD
     out = StableDiffusionPipeline(**{**pipe.components, "vae": student}, requires_safety_checker=False)
     history = [*read_history(pipeline_dir), StageRecord("distill-decoder", {**asdict(cfg), "summary": summary})]
     return write_pipeline(out, out_dir, history, overwrite=overwrite)
+
+
+def run_decoder(ctx: Context, cfg: DecoderDistillConfig) -> None:
+    distill_decoder(ctx.pipeline_before("decoder"), ctx.out("decoder"), cfg, ctx.work("decoder"),
+                    stop_after=ctx.stop_after, progress=ctx.progress, overwrite=True)
+
+
+STAGE = Stage("decoder", DecoderDistillConfig, run_decoder, outputs_pipeline=True, every_process=True)

@@ -26,8 +26,14 @@ from pathlib import Path
 
 import torch
 
-from pocketdiff.distill.kd import KDTrainConfig
+from pocketdiff.architectures.elastic_unet import ElasticUNet
+from pocketdiff.architectures.slim_unet import materialise
+from pocketdiff.benchmarks.blocks import load_latency_table
+from pocketdiff.distill.kd import KDJob, KDTrainConfig, encoded_pool
+from pocketdiff.loop import Interrupted, LoopConfig, config_hash, train
+from pocketdiff.distributed import broadcast, device
 from pocketdiff.errors import PocketdiffError
+from pocketdiff.pipedir import StageRecord, atomic_output_file, load_pipeline, read_history, read_json, write_pipeline
 
 
 @dataclass(frozen=True)
@@ -141,8 +147,6 @@ class EvolveConfig:
 
 
 def _state_hash(cfg: EvolveConfig, pipeline_dir) -> str:
-    from pocketdiff.distill.loop import config_hash
-
     return config_hash({**asdict(cfg), "pipeline": str(Path(pipeline_dir).resolve())})
 
 
@@ -169,8 +173,6 @@ class EvolutionState:
     def load(self, unet) -> bool:
         from safetensors.torch import load_file
 
-        from pocketdiff.pipedir import read_json
-
         if not self.file.is_file():
             return False
         doc = read_json(self.file)
@@ -187,8 +189,6 @@ class EvolutionState:
         import json
 
         from safetensors.torch import save_file
-
-        from pocketdiff.pipedir import atomic_output_file
 
         self.workdir.mkdir(parents=True, exist_ok=True)
         if unet is not None:
@@ -220,8 +220,6 @@ def plot_evolution(records: list[dict], cfg: EvolveConfig, path: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from pocketdiff.pipedir import atomic_output_file
 
     it = [0, *[r["iteration"] for r in records]]
     ratio = [1.0, *[r["estimate_ratio"] for r in records]]
@@ -264,14 +262,6 @@ def evolve(pipeline_dir: str | Path, out_dir: str | Path, cfg: EvolveConfig, wor
 
     from diffusers import DDPMScheduler
     from tqdm import tqdm
-
-    from pocketdiff.architectures.elastic_unet import ElasticUNet
-    from pocketdiff.architectures.slim_unet import materialise
-    from pocketdiff.benchmarks.blocks import load_latency_table
-    from pocketdiff.distill.kd import KDJob, encoded_pool
-    from pocketdiff.distill.loop import Interrupted, LoopConfig, train
-    from pocketdiff.distributed import broadcast, device
-    from pocketdiff.pipedir import StageRecord, load_pipeline, read_history, write_pipeline
 
     cfg.validate()
     if Path(out_dir).exists() and not overwrite:
@@ -367,8 +357,6 @@ def evolve(pipeline_dir: str | Path, out_dir: str | Path, cfg: EvolveConfig, wor
         "iterations": [{k: v for k, v in r.items() if k != "finetuned"} for r in state.records],
     }
     import json
-
-    from pocketdiff.pipedir import atomic_output_file
 
     with atomic_output_file(workdir / "report.json") as tmp:
         tmp.write_text(json.dumps(report, indent=1) + "\n")

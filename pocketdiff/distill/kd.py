@@ -4,7 +4,8 @@
 (the materialised slim UNet) all train a student UNet against a frozen teacher UNet with the same
 three loss terms, each weighted and logged separately (BK-SDM style):
 
-- ``denoise``: MSE between the student's noise prediction and the true noise;
+- ``denoise``: MSE between the student's prediction and the true target of its ``prediction_type``
+  (:func:`denoise_target`: the noise for ε, ``α_t ε - σ_t x0`` for v, ``x0`` for sample);
 - ``out_kd``: MSE between the student's and the frozen teacher's predictions;
 - ``feat_kd``: MSE between student and teacher outputs of every down block, the mid block and every
   up block (BK-SDM's feature-KD points), averaged over the points. A removed block leaves these
@@ -25,8 +26,12 @@ from typing import Collection
 import torch
 import torch.nn.functional as F
 
-from pocketdiff.distill.data import check_data_source
-from pocketdiff.errors import PocketdiffError
+from pocketdiff.distill.data import captioned_samples, check_data_source
+from pocketdiff.loop import denoising_batch
+from pocketdiff.distributed import device
+from pocketdiff.errors import PocketdiffError, choice_error
+
+PREDICTION_TYPES = ("epsilon", "v_prediction", "sample")
 
 
 
@@ -62,9 +67,6 @@ def encoded_pool(pipe, data: str, n: int, seed: int, split: str = "train"
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(latents [N, C, h, w] scaled, token ids [N, 77], empty-prompt ids [77]) of ``n`` samples of ``data``
     (a source of ``distill.data``), encoded 64 images at a time."""
-    from pocketdiff.distill.data import captioned_samples
-    from pocketdiff.distributed import device
-
     dev = device()
     vae = pipe.vae.to(dev)
     size = pipe.unet.config.sample_size * pipe.vae_scale_factor
@@ -105,6 +107,19 @@ class FeatureTap:
             h.remove()
 
 
+def denoise_target(noise_sched, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """What a UNet of ``noise_sched.config.prediction_type`` should predict at ``x_t = α_t x0 + σ_t ε``:
+    ε, ``v = α_t ε - σ_t x0`` (diffusers' ``get_velocity``), or ``x0``."""
+    kind = noise_sched.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return noise_sched.get_velocity(x0, noise, t)
+    if kind == "sample":
+        return x0
+    raise choice_error("UNet prediction_type", kind, PREDICTION_TYPES)
+
+
 def skip_set(step: int, seed: int, names: list[str], p: float) -> list[str]:
     g = torch.Generator().manual_seed(seed * 1_000_003 + step + 7)
     draws = torch.rand(len(names), generator=g)
@@ -112,12 +127,10 @@ def skip_set(step: int, seed: int, names: list[str], p: float) -> list[str]:
 
 
 class KDJob:
-    """``batch(step)`` and ``loss(models, batch)`` for :func:`pocketdiff.distill.loop.train`: ``student``
+    """``batch(step)`` and ``loss(models, batch)`` for :func:`pocketdiff.loop.train`: ``student``
     (an ElasticUNet) against the frozen ``teacher`` UNet. Use as a context manager (feature hooks)."""
 
     def __init__(self, pipe, student, teacher, cfg: KDTrainConfig, pool, noise_sched, fixed_skip: Collection[str] = ()):
-        from pocketdiff.distributed import device
-
         dev = device()  # the frozen models run where the student trains; the loop sends the batches there
         pipe.text_encoder.to(dev)
         self.pipe, self.student, self.teacher, self.cfg, self.sched = pipe, student, teacher.to(dev), cfg, noise_sched
@@ -134,8 +147,6 @@ class KDJob:
             tap.close()
 
     def batch(self, step: int) -> tuple:
-        from pocketdiff.distill.loop import denoising_batch
-
         c = self.cfg
         skip = self.fixed + skip_set(step, c.seed, self.candidates, c.skip_prob)
         return (*denoising_batch(step, c.seed, self.latents, self.ids, self.empty, c.batch_size, c.caption_dropout,
@@ -151,7 +162,8 @@ class KDJob:
         t_feats = self.taps["teacher"].take()
         pred = models[0](noisy, t, hidden, skip=skip).sample
         s_feats = self.taps["student"].take()
-        terms = {"denoise": F.mse_loss(pred, noise), "out_kd": F.mse_loss(pred, target),
+        terms = {"denoise": F.mse_loss(pred, denoise_target(self.sched, x0, noise, t)),
+                 "out_kd": F.mse_loss(pred, target),
                  "feat_kd": torch.stack([F.mse_loss(s, t_) for s, t_ in zip(s_feats, t_feats)]).mean()}
         terms["loss"] = c.w_denoise * terms["denoise"] + c.w_out_kd * terms["out_kd"] + c.w_feat_kd * terms["feat_kd"]
         terms["blocks_skipped"] = torch.tensor(float(len(skip)))

@@ -15,19 +15,17 @@ from pathlib import Path
 
 import torch
 
-from pocketdiff.distill.kd import KDTrainConfig
+from pocketdiff.architectures.elastic_unet import ElasticUNet
+from pocketdiff.distill.kd import KDJob, KDTrainConfig, encoded_pool
+from pocketdiff.loop import LoopConfig, train
 from pocketdiff.errors import PocketdiffError
+from pocketdiff.pipedir import StageRecord, load_pipeline, read_history, write_pipeline
 
 
 def robust_train(pipeline_dir: str | Path, out_dir: str | Path, cfg: KDTrainConfig, workdir: str | Path,
                  stop_after: int | None = None, progress: bool = True, overwrite: bool = False) -> Path:
     """Fine-tune ``pipeline_dir``'s UNet to tolerate skipped blocks; write the pipeline to ``out_dir``."""
     from diffusers import DDPMScheduler
-
-    from pocketdiff.architectures.elastic_unet import ElasticUNet
-    from pocketdiff.distill.kd import KDJob, encoded_pool
-    from pocketdiff.distill.loop import LoopConfig, train
-    from pocketdiff.pipedir import StageRecord, load_pipeline, read_history, write_pipeline
 
     cfg.validate()
     if Path(out_dir).exists() and not overwrite:

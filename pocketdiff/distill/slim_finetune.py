@@ -8,13 +8,25 @@ feature KD at every down/mid/up block output, and the denoising loss, weighted a
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
 
-from pocketdiff.distill.kd import KDTrainConfig
+from pocketdiff.architectures.elastic_unet import ElasticUNet
+from pocketdiff.distill.kd import KDJob, KDTrainConfig, encoded_pool
+from pocketdiff.loop import LoopConfig, train
 from pocketdiff.errors import PocketdiffError
+from pocketdiff.pipedir import StageRecord, load_pipeline, read_history, write_pipeline
+
+
+
+@dataclass
+class FinetuneConfig(KDTrainConfig):
+    """``slim-finetune``'s KD job: the architecture is fixed, so no block is skipped."""
+
+    skip_prob: float = 0.0
+
 
 # the teacher's and student's UNets must agree on these for output and feature KD to be defined
 MATCHING_KEYS = ("in_channels", "out_channels", "sample_size", "cross_attention_dim", "block_out_channels",
@@ -26,11 +38,6 @@ def slim_finetune(pipeline_dir: str | Path, teacher_dir: str | Path, out_dir: st
                   overwrite: bool = False) -> Path:
     """Distil ``teacher_dir``'s UNet into ``pipeline_dir``'s slim UNet; write the pipeline to ``out_dir``."""
     from diffusers import DDPMScheduler
-
-    from pocketdiff.architectures.elastic_unet import ElasticUNet
-    from pocketdiff.distill.kd import KDJob, encoded_pool
-    from pocketdiff.distill.loop import LoopConfig, train
-    from pocketdiff.pipedir import StageRecord, load_pipeline, read_history, write_pipeline
 
     cfg.validate()
     if Path(out_dir).exists() and not overwrite:

@@ -3,8 +3,9 @@ and a guidance-embedded single-pass student.
 
 Progressive distillation (Salimans & Ho 2022): each round halves the sampler's steps. The student
 starts from the round's teacher and learns to take in **one** DDIM step what the teacher takes in
-**two**: from ``z_t`` the teacher steps ``t -> m -> s``; the student's target is the ``x̃`` whose
-single DDIM step ``t -> s`` lands on the same ``z_s``::
+**two** (``round1_substeps`` in round 1): from ``z_t`` the teacher takes diffusers' trailing-DDIM steps at
+``2n`` steps (``teacher_grid``); the student's target is the ``x̃`` whose single DDIM step ``t -> s`` lands
+on the same ``z_s``::
 
     x̃ = (z_s - (σ_s / σ_t) z_t) / (α_s - (σ_s / σ_t) α_t),   ε̃ = (z_t - α_t x̃) / σ_t,   ṽ = α_t ε̃ - σ_t x̃
 
@@ -39,14 +40,21 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline
 
+from pocketdiff.build import Context, Stage
+from pocketdiff.distill.data import check_data_source
+from pocketdiff.distill.kd import encoded_pool
+from pocketdiff.loop import Interrupted, LoopConfig, check_ema_decay, check_lr_schedule, lr_schedule, train
+from pocketdiff.distributed import device
 from pocketdiff.errors import PocketdiffError, choice_error
+from pocketdiff.pipedir import StageRecord, load_pipeline, read_history, write_pipeline
 
 
 @dataclass
@@ -67,14 +75,11 @@ class StepDistillConfig:
     embed_dim: int = 256  # guidance_embed: width of the w embedding
     caption_dropout: float = 0.1  # vanilla samples whose caption is replaced by "" (keeps the uncond branch)
     pool_size: int = 4000
-    data: str = "toyworld"  # distill.data.DATA_SOURCES
+    data: str = "toyworld"  # a named source (toyworld) or imagefolder:DIR (distill.data)
     checkpoint_every: int = 200
     seed: int = 0
 
     def validate(self) -> "StepDistillConfig":
-        from pocketdiff.distill.data import check_data_source
-        from pocketdiff.distill.loop import check_ema_decay, check_lr_schedule
-
         if self.round1_substeps < 2:
             raise PocketdiffError(f"round1_substeps must be >= 2 (teacher steps per student step), got "
                                   f"{self.round1_substeps}")
@@ -169,8 +174,6 @@ class Schedule:
     """α_t, σ_t of the DDIM the students are sampled with (t < 0: its final alpha)."""
 
     def __init__(self, scheduler_config: dict):
-        from diffusers import DDIMScheduler
-
         sched = DDIMScheduler.from_config(scheduler_config)
         self.acp = sched.alphas_cumprod.float()  # [T]
         self.final = torch.tensor(1.0) if sched.config.set_alpha_to_one else self.acp[0]
@@ -232,8 +235,6 @@ def distill_target(teacher, prediction_type: str, sched: Schedule, z, t, s, quer
 
 def student_scheduler(scheduler_config: dict):
     """The DDIM the students are trained for and sampled with: v-prediction, trailing spacing."""
-    from diffusers import DDIMScheduler
-
     return DDIMScheduler.from_config(scheduler_config, prediction_type="v_prediction", timestep_spacing="trailing")
 
 
@@ -259,13 +260,6 @@ def distill_steps(pipeline_dir: str | Path, out_dir: str | Path, cfg: StepDistil
                   overwrite: bool = False) -> Path:
     """Progressively distil ``teacher_dir``'s sampler (default: ``pipeline_dir``'s) into ``pipeline_dir``'s
     UNet; write the last round's student pipeline to ``out_dir`` (every round's is in ``workdir``)."""
-    from diffusers import StableDiffusionPipeline
-
-    from pocketdiff.distill.kd import encoded_pool
-    from pocketdiff.distill.loop import Interrupted, LoopConfig, lr_schedule, train
-    from pocketdiff.distributed import device
-    from pocketdiff.pipedir import StageRecord, load_pipeline, read_history, write_pipeline
-
     cfg.validate()
     if Path(out_dir).exists() and not overwrite:
         raise PocketdiffError(f"output {out_dir} exists; pass overwrite to replace it")
@@ -283,8 +277,6 @@ def distill_steps(pipeline_dir: str | Path, out_dir: str | Path, cfg: StepDistil
     out_sched = student_scheduler(teacher_pipe.scheduler.config)
     # training images are encoded with the teacher's VAE: a distilled decoder's pipeline (e.g. the TAESD-style
     # one) carries no trained encoder
-    from diffusers import AutoencoderKL
-
     if not isinstance(teacher_pipe.vae, AutoencoderKL):
         raise PocketdiffError(f"the teacher {teacher_dir}'s VAE ({type(teacher_pipe.vae).__name__}) has no trained "
                               "encoder to encode training images; pass the original pipeline as the teacher")
@@ -370,11 +362,26 @@ def distill_steps(pipeline_dir: str | Path, out_dir: str | Path, cfg: StepDistil
     return write_pipeline(out, out_dir, history, overwrite=overwrite)
 
 
-def student_steps(pipeline_dir: str | Path) -> int | None:
-    """The sampler steps a ``distill-steps`` output was trained for (None for other pipelines)."""
-    from pocketdiff.pipedir import read_history
+STEP_TEACHERS = ("original", "input")
 
-    for rec in reversed(read_history(pipeline_dir)):
-        if rec.name == "distill-steps":
-            return int(rec.config["student_steps"])
-    return None
+
+@dataclass
+class StepsStage:
+    distill: StepDistillConfig = field(default_factory=StepDistillConfig)
+    teacher: str = "original"  # round 1's teacher: the original teacher, or the stage's input pipeline
+
+    def validate(self) -> "StepsStage":
+        if self.teacher not in STEP_TEACHERS:
+            raise choice_error("steps.teacher", self.teacher, STEP_TEACHERS)
+        self.distill.validate()
+        return self
+
+
+def run_steps(ctx: Context, cfg: StepsStage) -> None:
+    source = ctx.pipeline_before("steps")
+    teacher = ctx.teacher if cfg.teacher == "original" else source
+    distill_steps(source, ctx.out("steps"), cfg.distill, ctx.work("steps"), teacher_dir=teacher,
+                  stop_after=ctx.stop_after, progress=ctx.progress, overwrite=True)
+
+
+STAGE = Stage("steps", StepsStage, run_steps, outputs_pipeline=True, every_process=True)

@@ -8,12 +8,14 @@ Layout::
     coreml/              TextEncoder/Unet/VAEDecoder.mlpackage, vocab.json, merges.txt
                          in apple's Swift StableDiffusion layout         (export/coreml.py)
     executorch/          text_encoder.pte, unet.pte, vae_decoder.pte (XNNPACK) (export/executorch.py)
-    test_vectors.json    token ids, initial-latent draws, timesteps, the latent after step 1
+    test_vectors.json    token ids, initial-latent draws, timesteps, and the step policy's call trace and
+                         latents after step 1 and the last step (the apps' conformance numbers)
 
 Every file is listed in ``manifest.files`` with its size and sha256; loaders check them all before
 anything is loaded (``runtime/bundle.py``). ``manifest.components`` is a list (role, target, file,
-precision, I/O specs, parity), so later stages add their own components without a new format.
-The bundle is built in a temporary sibling folder and renamed into place at the end.
+precision, I/O specs, parity), so later stages add their own components without a new format; file
+names per role come from the role registry (``export/roles.py``). ``manifest.sampler`` names the step
+policy and its params. The bundle is built in a temporary sibling folder and renamed into place at the end.
 """
 
 from __future__ import annotations
@@ -25,17 +27,28 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable
 
+import jsonschema
 import numpy as np
 
+from pocketdiff.build import Context, Stage
 from pocketdiff.errors import PocketdiffError, choice_error
 from pocketdiff.export import coreml, executorch, onnx
+from pocketdiff.export.components import guidance_embed_dim
+from pocketdiff.export.torch_session import default_policy, torch_runtime
+from pocketdiff.pinned import pinned_defaults
+from pocketdiff.pipedir import atomic_output_dir, inspect_pipeline, load_pipeline, package_versions
 from pocketdiff.runtime.bundle import FORMAT_VERSION, MANIFEST, sha256_file
+from pocketdiff.runtime.rng import initial_latents
+from pocketdiff.runtime.sampler import check_generation_args
+from pocketdiff.runtime.schedulers import get_scheduler_entry, scheduler_from_config, scheduler_name_for
+from pocketdiff.runtime.tokenizer import CLIPBPETokenizer
 
 log = logging.getLogger(__name__)
 SCHEMA = Path(__file__).with_name("manifest.schema.json")
 VECTOR_PROMPTS = ("a small red circle in the top left on a grey background", "a blue square left of a yellow ring",
                   "Hello, World! 123")
 VECTOR_SEEDS = (0, 42)
+VECTOR_MAX_STEPS = 8  # the policy vectors run the pinned steps, at most this many (an SD1.5 UNet step is seconds)
 ProgressCallback = Callable[[int, int], None]
 
 
@@ -77,9 +90,6 @@ class ExportConfig:
     scheduler: str | None = None  # runtime scheduler name; default: the pipeline's
 
     def validate(self) -> "ExportConfig":
-        from pocketdiff.runtime.sampler import check_generation_args
-        from pocketdiff.runtime.schedulers import get_scheduler_entry
-
         if not self.targets:
             raise PocketdiffError(f"no export target given; allowed: {', '.join(TARGETS)}")
         for t in self.targets:
@@ -111,44 +121,32 @@ class ExportConfig:
         return self.guidance > 1.0
 
 
-def _test_vectors(pipe, tokenizer_dir: Path, sched_cfg: dict, latent_shape: tuple, steps: int, guidance: float
-                  ) -> dict:
-    """Numbers the apps' tests check, computed from the PyTorch components and the runtime's numpy
-    scheduler, RNG and tokenizer (the parts the apps mirror)."""
-    from pocketdiff.export.components import torch_reference
-    from pocketdiff.runtime.rng import initial_latents
-    from pocketdiff.runtime.schedulers import scheduler_from_config
-    from pocketdiff.runtime.tokenizer import CLIPBPETokenizer
+def _latent_record(x: np.ndarray) -> dict:
+    return {"first_values": x.reshape(-1)[:16].tolist(), "mean_abs": float(np.abs(x).mean())}
 
-    from pocketdiff.export.components import guidance_embed_dim
-    from pocketdiff.runtime.sampler import guidance_scale_embedding
 
+def _test_vectors(pipe, tokenizer_dir: Path, sched_cfg: dict, latent_shape: tuple, steps: int, guidance: float,
+                  policy) -> dict:
+    """Numbers the apps' tests check: the runtime's tokenizer, RNG and scheduler (the parts the apps mirror),
+    and the step policy's call trace and latents from the runtime's own loop run on the PyTorch components
+    (``export.torch_session``), for the first vector prompt at seed 0."""
     tok = CLIPBPETokenizer.from_dir(tokenizer_dir)
     sched = scheduler_from_config(sched_cfg)
     sched.set_timesteps(steps)
-    w_dim = guidance_embed_dim(pipe.unet)
-    cfg = guidance > 1 and not w_dim  # a guidance-embedded UNet: one pass on the prompt, w embedded
-    prompts = ["", VECTOR_PROMPTS[0]] if cfg else [VECTOR_PROMPTS[0]]
-    hidden = np.concatenate([  # one prompt per call, as the runtime and the apps encode
-        torch_reference(pipe, "text_encoder", {"input_ids": np.array([tok(p).input_ids], np.int32)})[
-            "last_hidden_state"] for p in prompts])
-    x = initial_latents(0, (1, *latent_shape)) * sched.init_noise_sigma
-    inp = sched.scale_model_input(np.concatenate([x, x]) if cfg else x, 0)
-    extra = {"timestep_cond": guidance_scale_embedding(guidance - 1, w_dim)} if w_dim else {}
-    eps = torch_reference(pipe, "unet", {"sample": inp, "timestep": np.asarray(sched.timesteps[0], np.float32),
-                                         "encoder_hidden_states": hidden, **extra})["out_sample"]
-    if cfg:
-        eps = eps[:1] + np.float32(guidance) * (eps[1:] - eps[:1])
-    x1 = sched.step(eps, 0, x)
+    n = min(steps, VECTOR_MAX_STEPS)
+    latents: dict[int, np.ndarray] = {}
+    result = torch_runtime(pipe, tokenizer_dir, sched_cfg, policy).generate(
+        VECTOR_PROMPTS[0], steps=n, guidance=guidance, seed=0, on_step=lambda i, x: latents.__setitem__(i, x.copy()))
     return {
         "tokens": [{"prompt": p, "input_ids": tok(p).input_ids} for p in VECTOR_PROMPTS],
         "initial_latents": [{"seed": s, "shape": [1, *latent_shape],
                              "first_values": initial_latents(s, (1, *latent_shape)).reshape(-1)[:16].tolist()}
                             for s in VECTOR_SEEDS],
         "timesteps": {"steps": steps, "values": sched.timesteps.tolist()},
-        "latent_after_step_1": {"prompt": VECTOR_PROMPTS[0], "seed": 0, "guidance": guidance,
-                                "first_values": x1.reshape(-1)[:16].tolist(), "mean_abs": float(np.abs(x1).mean()),
-                                "tolerance": 1e-3},
+        "sampler": {**policy.to_dict(), "prompt": VECTOR_PROMPTS[0], "seed": 0, "steps": n, "guidance": guidance,
+                    "trace": [c.to_dict(with_time=False) for c in result.trace],
+                    "latent_after_step_1": _latent_record(latents[0]),
+                    "latent_after_last_step": _latent_record(latents[max(latents)]), "tolerance": 1e-3},
     }
 
 
@@ -160,12 +158,6 @@ def write_bundle(pipeline_dir: str | Path, out_dir: str | Path, config: ExportCo
     existing ``out_dir`` without ``overwrite``) raises before anything is written; a parity failure
     raises :class:`~pocketdiff.export.parity.ParityError` and leaves no bundle behind.
     """
-    import jsonschema
-
-    from pocketdiff.export.components import guidance_embed_dim
-    from pocketdiff.pipedir import atomic_output_dir, inspect_pipeline, load_pipeline, package_versions
-    from pocketdiff.runtime.schedulers import get_scheduler_entry, scheduler_name_for
-
     config = (config or ExportConfig()).validate()
     info = inspect_pipeline(pipeline_dir)
     if Path(out_dir).exists() and not overwrite:
@@ -174,6 +166,7 @@ def write_bundle(pipeline_dir: str | Path, out_dir: str | Path, config: ExportCo
     entry = get_scheduler_entry(entry_name)
     sched_cfg = entry.config_for(info.scheduler_config)
     pipe = load_pipeline(pipeline_dir)
+    policy = default_policy(pipe)
     total, done = 3 * len(config.targets) + 1, 0
 
     def step(label: str) -> None:  # called before each component: ``done`` components are finished
@@ -191,7 +184,8 @@ def write_bundle(pipeline_dir: str | Path, out_dir: str | Path, config: ExportCo
             components += TARGETS[name].export(pipe, info, tmp / name, config.precision, config.quantize,
                                                unet_batch2, step)
         step("test vectors")
-        vectors = _test_vectors(pipe, info.tokenizer_dir, sched_cfg, info.latent_shape, config.steps, config.guidance)
+        vectors = _test_vectors(pipe, info.tokenizer_dir, sched_cfg, info.latent_shape, config.steps, config.guidance,
+                                policy)
         (tmp / "test_vectors.json").write_text(json.dumps(vectors, indent=1) + "\n")
         files = [{"path": f.relative_to(tmp).as_posix(), "sha256": sha256_file(f), "bytes": f.stat().st_size}
                  for f in sorted(tmp.rglob("*")) if f.is_file()]
@@ -206,6 +200,7 @@ def write_bundle(pipeline_dir: str | Path, out_dir: str | Path, config: ExportCo
             "scheduler": {"name": entry_name, "diffusers_class": entry.diffusers_class, "config": sched_cfg,
                           "timesteps": vectors["timesteps"]["values"]},
             "defaults": {"steps": config.steps, "guidance": config.guidance},
+            "sampler": policy.to_dict(),
             "components": components,
             "files": files,
             "test_vectors": "test_vectors.json",
@@ -215,3 +210,35 @@ def write_bundle(pipeline_dir: str | Path, out_dir: str | Path, config: ExportCo
         if progress:
             progress(total, total)
     return Path(out_dir)
+
+
+@dataclass
+class ExportStage:
+    targets: tuple[str, ...] = ("onnx",)
+    precision: str = "fp32"
+    quantize: str | None = None
+    guidance: float = 7.5  # the bundle's default guidance (> 1: CFG)
+
+    def validate(self) -> "ExportStage":
+        ExportConfig(self.targets, self.precision, self.quantize, guidance=self.guidance).validate()
+        return self
+
+
+STUDENT_BUNDLE = "student"
+UNDISTILLED_STEPS = 50  # the pinned steps of a student no distill-steps stage made
+
+
+def student_bundle(ctx: Context) -> Path:
+    """Where the export stage writes the student's bundle (the bench, eval and report stages read it)."""
+    return ctx.out("export") / STUDENT_BUNDLE
+
+
+def run_export(ctx: Context, cfg: ExportStage) -> None:
+    student = ctx.pipeline_before("export")
+    ctx.out("export").mkdir(parents=True, exist_ok=True)
+    steps = pinned_defaults(pipeline=student).resolve(None, None, UNDISTILLED_STEPS)[0]
+    write_bundle(student, student_bundle(ctx), ExportConfig(cfg.targets, cfg.precision, cfg.quantize, steps,
+                                                            cfg.guidance), overwrite=True)
+
+
+STAGE = Stage("export", ExportStage, run_export)

@@ -1,17 +1,10 @@
-"""The exported components: fixed, export-friendly wrappers around a pipeline's three models.
+"""The exported components: fixed, export-friendly torch wrappers around a pipeline's models, one per role.
 
 Every target (ONNX, Core ML, ExecuTorch) exports these modules, and parity compares each target
-against :func:`torch_reference` on the same wrappers. Names and shapes (B = batch, D = text width,
-C = latent channels, h/w latent size, H/W image size)::
-
-    text_encoder  input_ids[B,77] int32                      -> last_hidden_state[B,77,D], pooler_output[B,D]
-    unet          sample[B,C,h,w], timestep[] float32,
-                  encoder_hidden_states[B,77,D]
-                  (+ timestep_cond[B,W] for a guidance-embedded
-                  UNet: the w embedding, ``distill/steps.py``) -> out_sample[B,C,h,w]
-    vae_decoder   latent_sample[B,C,h,w] (latents / scaling) -> sample[B,3,H,W] in [-1, 1]
-
-Core ML re-wraps these in apple's layout (``export/coreml.py``); the names above are optimum's.
+against :func:`torch_reference` on the same wrappers. Names, shapes and dtypes of every role's inputs
+and outputs are the role registry's (``export/roles.py``); this module adds the torch side: the
+wrapper a role exports (:data:`WRAPPERS`) and its example inputs. Core ML re-wraps these in apple's
+layout (``export/coreml.py``); the names are optimum's.
 """
 
 from __future__ import annotations
@@ -21,11 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from diffusers.models.attention_processor import AttnProcessor
 from torch import nn
 
-MAX_TOKENS = 77
-ROLES = ("text_encoder", "unet", "vae_decoder")
-
+from pocketdiff.export.roles import ROLES, Dims
 
 class TextEncoderExport(nn.Module):
     def __init__(self, text_encoder):
@@ -91,24 +83,28 @@ class ComponentSpec:
     batch_inputs: tuple[str, ...]  # inputs whose dim 0 is the batch
 
 
+# role -> the torch wrapper it exports, built from a loaded pipeline
+WRAPPERS = {
+    "text_encoder": lambda pipe: TextEncoderExport(pipe.text_encoder),
+    "unet": lambda pipe: UNetExport(pipe.unet),
+    "vae_decoder": lambda pipe: VaeDecoderExport(pipe.vae),
+}
+_DTYPES = {"float32": torch.float32, "int32": torch.int32, "int64": torch.int64}
+
+
 def component_specs(pipe, batch: int = 2) -> list[ComponentSpec]:
-    """The three SD components with example inputs at ``batch`` (2 lets dynamo keep the batch dynamic)."""
-    unet_cfg, text_cfg = pipe.unet.config, pipe.text_encoder.config
-    s, c = unet_cfg.sample_size, unet_cfg.in_channels
-    ids = torch.zeros(batch, MAX_TOKENS, dtype=torch.int32)
-    latents = torch.zeros(batch, c, s, s)
-    hidden = torch.zeros(batch, MAX_TOKENS, text_cfg.hidden_size)
-    w_dim = guidance_embed_dim(pipe.unet)
-    unet_extra = (("timestep_cond",), (torch.zeros(batch, w_dim),)) if w_dim else ((), ())
-    return [
-        ComponentSpec("text_encoder", TextEncoderExport(pipe.text_encoder), (ids,), ("input_ids",),
-                      ("last_hidden_state", "pooler_output"), ("input_ids",)),
-        ComponentSpec("unet", UNetExport(pipe.unet), (latents, torch.tensor(500.0), hidden, *unet_extra[1]),
-                      ("sample", "timestep", "encoder_hidden_states", *unet_extra[0]), ("out_sample",),
-                      ("sample", "encoder_hidden_states", *unet_extra[0])),
-        ComponentSpec("vae_decoder", VaeDecoderExport(pipe.vae), (latents,), ("latent_sample",), ("sample",),
-                      ("latent_sample",)),
-    ]
+    """The pipeline's components, one per registered role, with example inputs at ``batch`` (2 lets dynamo
+    keep the batch dynamic): zeros, and timestep 500."""
+    dims = Dims.from_pipe(pipe)
+    specs = []
+    for role in ROLES.values():
+        inputs, outputs = role.io(dims, batch)
+        example = tuple(torch.tensor(500.0) if i.name == "timestep" else torch.zeros(i.shape, dtype=_DTYPES[i.dtype])
+                        for i in inputs)
+        specs.append(ComponentSpec(role.name, WRAPPERS[role.name](pipe), example, tuple(i.name for i in inputs),
+                                   tuple(o.name for o in outputs),
+                                   tuple(n for n in role.batch_inputs() if n in {i.name for i in inputs})))
+    return specs
 
 
 def torch_reference(pipe, name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -122,12 +118,8 @@ def torch_reference(pipe, name: str, inputs: dict[str, np.ndarray]) -> dict[str,
 
 
 def parity_inputs(pipe, role: str, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
-    """``parity.fixed_inputs`` for ``role`` at ``pipe``'s shapes."""
-    from pocketdiff.export.parity import fixed_inputs
-
-    s = pipe.unet.config.sample_size
-    return fixed_inputs(role, batch, (pipe.unet.config.in_channels, s, s), pipe.text_encoder.config.hidden_size,
-                        pipe.text_encoder.config.vocab_size, seed, guidance_embed_dim(pipe.unet))
+    """The role's registered fixed inputs at ``pipe``'s shapes."""
+    return ROLES[role].fixed_inputs(Dims.from_pipe(pipe), batch, seed)
 
 
 class TwoPassGroupNorm(nn.Module):
@@ -209,8 +201,6 @@ def xnnpack_friendly(pipe):
       (any/where/logical_not) that XNNPACK rejects, splitting the graph into many small delegates.
     - Group and layer norms in the two-pass form above.
     """
-    from diffusers.models.attention_processor import AttnProcessor
-
     diffusers_models = [m for m in (getattr(pipe, "unet", None), getattr(pipe, "vae", None))
                         if m is not None and hasattr(m, "set_attn_processor")]  # a TAESD decoder has no attention
     text_encoder = getattr(pipe, "text_encoder", None)

@@ -32,15 +32,15 @@ import torch
 from torch import nn
 
 from pocketdiff.errors import PocketdiffError
-from pocketdiff.export.components import (MAX_TOKENS, component_record, component_specs, guidance_embed_dim,
-                                          tensor_spec)
+from pocketdiff.export.components import component_record, component_specs, guidance_embed_dim, tensor_spec
+from pocketdiff.export.parity import component_parity, parity_level
+from pocketdiff.export.roles import MAX_TOKENS, ROLES
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "fp16")
 QUANTIZATIONS = ("int8", "palette6", "palette4")
 WEIGHT_OPS = ("conv", "linear", "gather")  # op types whose weights --quantize compresses
 SWIFT_DECODER_SCALE = 0.18215  # apple's Swift pipeline divides latents by this before VAEDecoder
-RESOURCES = {"text_encoder": "TextEncoder", "unet": "Unet", "vae_decoder": "VAEDecoder"}
 PARITY_NOT_RUN = "not run: Core ML prediction needs macOS; the package spec was validated instead"
 
 
@@ -179,8 +179,6 @@ def validate_package(path: Path, inputs: list[dict], outputs: list[dict]) -> dic
 def export_coreml_target(pipe, info, folder: Path, precision: str, quantization: str | None, cfg: bool,
                          progress=None) -> list[dict]:
     """Write the bundle's ``coreml/`` folder; validate each package; return manifest records."""
-    from pocketdiff.export.parity import component_parity, parity_level
-
     folder.mkdir(parents=True, exist_ok=True)
     for name in ("vocab.json", "merges.txt"):
         shutil.copy2(info.tokenizer_dir / name, folder / name)
@@ -191,9 +189,10 @@ def export_coreml_target(pipe, info, folder: Path, precision: str, quantization:
             progress(f"coreml: {role}")
         log.info("converting %s to Core ML (%s%s)", role, precision, f", {quantization}" if quantization else "")
         model = convert(module, inputs, outputs, precision, quantization)
-        path = folder / f"{RESOURCES[role]}.mlpackage"
+        resource = ROLES[role].coreml_resource
+        path = folder / f"{resource}.mlpackage"
         model.save(str(path))
-        meta = {"resource": RESOURCES[role], "minimum_deployment_target": "iOS16",
+        meta = {"resource": resource, "minimum_deployment_target": "iOS16",
                 "swift_decoder_scale_factor": SWIFT_DECODER_SCALE, **validate_package(path, inputs, outputs)}
         parity = None
         if on_mac:  # prediction is available: the same parity check as every other target
@@ -206,6 +205,6 @@ def export_coreml_target(pipe, info, folder: Path, precision: str, quantization:
             parity = {f"batch{batch}": component_parity(pipe, role, run, parity_level(precision, quantization), batch)}
         else:
             meta["parity"] = PARITY_NOT_RUN
-        records.append(component_record(role, "coreml", f"{folder.name}/{RESOURCES[role]}.mlpackage", precision,
+        records.append(component_record(role, "coreml", f"{folder.name}/{resource}.mlpackage", precision,
                                         quantization, inputs, outputs, parity, meta))
     return records

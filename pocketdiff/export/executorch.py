@@ -26,6 +26,9 @@ from pathlib import Path
 import torch
 
 from pocketdiff.export.components import CastIO, component_record, component_specs, tensor_spec, xnnpack_friendly
+from pocketdiff.export.parity import component_parity, parity_level
+from pocketdiff.export.roles import ROLES
+from pocketdiff.runtime.sessions import ExecuTorchSession, TensorSpec
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "fp16")
@@ -69,21 +72,18 @@ def _static_example(spec, batch: int) -> tuple:
 
 def export_executorch_target(pipe, info, folder: Path, precision: str, quantization: str | None, cfg: bool,
                              progress=None) -> list[dict]:
-    """Write ``executorch/<role>.pte`` for the three components, check parity, return manifest records."""
-    from pocketdiff.export.parity import component_parity, parity_level
-    from pocketdiff.runtime.backends import ExecuTorchSession
-
+    """Write ``executorch/<role>.pte`` for every component, check parity, return manifest records. A role that
+    runs in the denoising loop is exported at the step batch (2 for two-pass CFG), the others at 1."""
     folder.mkdir(parents=True, exist_ok=True)
-    batches = {"text_encoder": 1, "unet": 2 if cfg else 1, "vae_decoder": 1}
     exported = []
     with xnnpack_friendly(pipe):
         for spec in component_specs(pipe):
             if progress:
                 progress(f"executorch: {spec.name}")
-            batch = batches[spec.name]
+            batch = 2 if cfg and ROLES[spec.name].per_step else 1
             example = _static_example(spec, batch)
             module = spec.module if precision == "fp32" else CastIO(copy.deepcopy(spec.module), _DTYPES[precision])
-            path = folder / f"{spec.name}.pte"
+            path = folder / ROLES[spec.name].executorch_file
             log.info("exporting %s to ExecuTorch (batch %d, %s)", spec.name, batch, precision)
             exported.append((spec, batch, example, path, export_program(module, example, path)))
     records = []  # parity against the original modules (outside the rewrite above)
@@ -94,9 +94,10 @@ def export_executorch_target(pipe, info, folder: Path, precision: str, quantizat
         inputs = [tensor_spec(n, list(x.shape), str(x.dtype).removeprefix("torch."))
                   for n, x in zip(spec.input_names, example)]
         outputs = [tensor_spec(n, list(o.shape), "float32") for n, o in zip(spec.output_names, outs)]
-        session = ExecuTorchSession(path, inputs, outputs)
+        session = ExecuTorchSession(path, [TensorSpec.from_dict(i) for i in inputs],
+                                    [TensorSpec.from_dict(o) for o in outputs])
         parity = component_parity(pipe, spec.name, session.run, parity_level(precision, quantization), batch)
         records.append(component_record(
-            spec.name, "executorch", f"{folder.name}/{spec.name}.pte", precision, quantization, inputs,
+            spec.name, "executorch", f"{folder.name}/{ROLES[spec.name].executorch_file}", precision, quantization, inputs,
             outputs, {f"batch{batch}": parity}, {"partitioner": "XnnpackPartitioner", "static_batch": batch, **summary}))
     return records

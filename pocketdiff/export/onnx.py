@@ -24,10 +24,14 @@ import logging
 import shutil
 from pathlib import Path
 
+import onnx
 import torch
 
-from pocketdiff.export.components import ComponentSpec, component_record, component_specs, tensor_spec
+from pocketdiff.export.components import ComponentSpec, component_record, component_specs
+from pocketdiff.export.parity import component_parity, parity_level
+from pocketdiff.export.roles import ROLES
 from pocketdiff.pipedir import atomic_output_dir, inspect_pipeline, load_pipeline
+from pocketdiff.runtime.sessions import OnnxSession
 
 log = logging.getLogger(__name__)
 EXTERNAL_DATA_BYTES = 2 * 1024**3
@@ -36,10 +40,9 @@ QUANTIZATIONS = ("int8",)
 
 
 def export_component(spec: ComponentSpec, out_dir: Path) -> Path:
-    """Export one component to ``out_dir/<name>/model.onnx``; returns the path."""
-    target = out_dir / spec.name
-    target.mkdir(parents=True, exist_ok=True)
-    path = target / "model.onnx"
+    """Export one component to its role's ONNX file under ``out_dir``; returns the path."""
+    path = out_dir / ROLES[spec.name].onnx_file
+    path.parent.mkdir(parents=True, exist_ok=True)
     batch = torch.export.Dim("batch_size", min=1, max=64)
     dynamic = tuple({0: batch} if n in spec.batch_inputs else {} for n in spec.input_names)
     spec.module.eval()
@@ -98,8 +101,6 @@ def _opset(model) -> int:
 
 
 def _save(model, path: Path) -> None:
-    import onnx
-
     large = model.ByteSize() > EXTERNAL_DATA_BYTES
     for f in path.parent.iterdir():  # the old external-data file, if any (the model is in memory)
         if f.is_file() and f != path and f.suffix != ".json":
@@ -145,7 +146,6 @@ def convert_fp16(path: Path) -> None:
     above 2 GB (the SD1.5 UNet); the dynamo exporter already records every value's type, so the
     converter is told to use those instead.
     """
-    import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     model = onnx.load(str(path))
@@ -157,7 +157,6 @@ def convert_fp16(path: Path) -> None:
 
 def quantize_int8(path: Path) -> None:
     """Quantise ``model.onnx``'s weights to int8 in place (dynamic quantisation, activations stay float)."""
-    import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     model = onnx.load(str(path))
@@ -173,26 +172,14 @@ def quantize_int8(path: Path) -> None:
             f.unlink()
 
 
-_ORT_TYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(int32)": "int32",
-              "tensor(int64)": "int64"}
-
-
-def _io(items) -> list[dict]:
-    return [tensor_spec(t.name, t.shape, _ORT_TYPES.get(t.type, t.type)) for t in items]
-
-
 def export_onnx_target(pipe, info, folder: Path, precision: str, quantization: str | None, progress=None
                        ) -> list[dict]:
     """Write the bundle's ``onnx/`` folder, check parity of each component, return manifest records."""
-    import onnx
-
-    from pocketdiff.export.parity import component_parity, parity_level
-    from pocketdiff.runtime.backends import OnnxSession
-
     export_onnx_into(pipe, info, folder, progress)
     records = []
     for spec in component_specs(pipe):
-        path = folder / spec.name / "model.onnx"
+        rel = ROLES[spec.name].onnx_file
+        path = folder / rel
         if precision == "fp16":
             convert_fp16(path)
         if quantization == "int8":
@@ -202,8 +189,8 @@ def export_onnx_target(pipe, info, folder: Path, precision: str, quantization: s
         parity = {b: component_parity(pipe, spec.name, session.run, level, b) for b in (1, 2)}
         opset = _opset(onnx.load(str(path), load_external_data=False))
         records.append(component_record(
-            spec.name, "onnx", f"{folder.name}/{spec.name}/model.onnx", precision, quantization,
-            _io(session.session.get_inputs()), _io(session.session.get_outputs()),
+            spec.name, "onnx", f"{folder.name}/{rel}", precision, quantization,
+            [i.to_dict() for i in session.inputs], [o.to_dict() for o in session.outputs],
             {f"batch{b}": r for b, r in parity.items()},
             {"opset": opset, "exporter": "torch.onnx.export(dynamo=True)", "layout": "optimum"}))
     return records

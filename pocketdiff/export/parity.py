@@ -12,8 +12,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from pocketdiff.errors import choice_error
-from pocketdiff.runtime.sampler import guidance_scale_embedding
+from pocketdiff.errors import PocketdiffError, choice_error
+from pocketdiff.export.components import parity_inputs, torch_reference
 
 # precision or weight quantisation -> (min PSNR dB, max abs error or None). The fp32/fp16 rows are
 # the project's contract; the quantised rows are documented floors (docs/export.md) that catch a
@@ -22,8 +22,10 @@ THRESHOLDS = {"fp32": (60.0, 1e-3), "fp16": (35.0, None), "int8": (25.0, None),
               "palette6": (20.0, None), "palette4": (15.0, None)}
 
 
-class ParityError(AssertionError):
-    """An exported component does not match PyTorch within the thresholds of its precision."""
+class ParityError(PocketdiffError):
+    """An exported component does not match PyTorch within the thresholds of its precision: a one-line user
+    error (exit 2) naming the component and output, the measured PSNR and max abs error, and the thresholds;
+    nothing is written (the bundle is built in a temporary folder)."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +63,8 @@ def check_parity(name: str, reference: np.ndarray, candidate: np.ndarray, precis
         raise choice_error("precision", precision, THRESHOLDS)
     reference, candidate = np.asarray(reference), np.asarray(candidate)
     if reference.shape != candidate.shape:
-        raise ParityError(f"{name}: shape {candidate.shape} differs from PyTorch's {reference.shape}")
+        raise ParityError(f"export parity failed for {name}: shape {candidate.shape} differs from PyTorch's "
+                          f"{reference.shape}")
     min_psnr, max_abs_allowed = THRESHOLDS[precision]
     result = ParityResult(
         name, float(np.abs(reference.astype(np.float64) - candidate).max()), psnr(reference, candidate),
@@ -69,8 +72,9 @@ def check_parity(name: str, reference: np.ndarray, candidate: np.ndarray, precis
     )
     if not result.ok:
         raise ParityError(
-            f"{name}: parity failed at {precision}: PSNR {result.psnr_db:.1f} dB (need >= {min_psnr}), "
-            f"max abs {result.max_abs:.3g} (allowed {max_abs_allowed})"
+            f"export parity failed for {name} at {precision}: PSNR {result.psnr_db:.1f} dB (threshold >= {min_psnr} "
+            f"dB), max abs error {result.max_abs:.3g} (threshold {'<= ' if max_abs_allowed is not None else ''}"
+            f"{max_abs_allowed if max_abs_allowed is not None else 'none'})"
         )
     return result
 
@@ -82,30 +86,8 @@ def component_parity(pipe, role: str, run, level: str, batch: int) -> dict[str, 
     ``run(feeds) -> {output name: array}`` on the same fixed inputs at ``batch``, and checks every
     output at thresholds ``level``. Raises :class:`ParityError`; returns the results for the manifest.
     """
-    from pocketdiff.export.components import parity_inputs, torch_reference
-
     feeds = parity_inputs(pipe, role, batch)
     want = torch_reference(pipe, role, feeds)
     got = run(feeds)
     return {name: {**check_parity(f"{role}.{name}", ref, got[name], level).to_dict(), "batch": batch}
             for name, ref in want.items()}
-
-
-def fixed_inputs(role: str, batch: int, latent_shape, hidden_size: int, vocab_size: int, seed: int = 0,
-                 guidance_embed_dim: int | None = None) -> dict[str, np.ndarray]:
-    """The fixed inputs every parity check and benchmark feeds a component (numpy only): random ids,
-    Gaussian latents and hidden states, timestep 500; a guidance-embedded UNet also gets the w
-    embedding of guidance 7.5."""
-    rng = np.random.default_rng(seed)
-    c, h, w = latent_shape
-    if role == "text_encoder":
-        return {"input_ids": rng.integers(0, vocab_size, (batch, 77)).astype(np.int32)}
-    if role == "unet":
-        return {"sample": rng.standard_normal((batch, c, h, w)).astype(np.float32),
-                "timestep": np.array(500.0, np.float32),
-                "encoder_hidden_states": rng.standard_normal((batch, 77, hidden_size)).astype(np.float32),
-                **({"timestep_cond": np.repeat(guidance_scale_embedding(7.5 - 1, guidance_embed_dim), batch, 0)}
-                   if guidance_embed_dim else {})}
-    if role == "vae_decoder":
-        return {"latent_sample": rng.standard_normal((batch, c, h, w)).astype(np.float32)}
-    raise ValueError(f"no fixed inputs for role {role!r}")

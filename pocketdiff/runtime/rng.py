@@ -21,12 +21,12 @@ import math
 
 import numpy as np
 
+from pocketdiff.errors import PocketdiffError
+
 _MAX_SEED = 2**32 - 1
 
 
 def check_seed(seed: int) -> int:
-    from pocketdiff.errors import PocketdiffError
-
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) <= _MAX_SEED:
         raise PocketdiffError(f"seed must be an integer in [0, {_MAX_SEED}], got {seed!r}")
     return int(seed)

@@ -20,7 +20,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
-from pocketdiff.toyworld.world import BACKGROUNDS, COLOURS, IMAGE_SIZE, SHAPES, SIZES, Scene
+from pocketdiff.loop import LoopConfig, train
+from pocketdiff.toyworld.world import BACKGROUNDS, COLOURS, IMAGE_SIZE, SHAPES, SIZES, Scene, batch
 
 _COLOURS, _BGS, _SIZES = list(COLOURS), list(BACKGROUNDS), list(SIZES)
 N_CELLS = 9
@@ -172,8 +173,6 @@ class CheckerTrainConfig:
 
 def render_pool(n: int, seed: int):
     """``n`` renders covering every combination: seen (train split) and held-out ones, 30% pairs."""
-    from pocketdiff.toyworld.world import batch
-
     n_held = n // 6
     samples = batch(seed, n - n_held, "train") + batch(seed, n_held, "heldout")
     return [s.scene for s in samples], np.stack([s.image for s in samples])
@@ -181,8 +180,6 @@ def render_pool(n: int, seed: int):
 
 def train_checker(workdir, cfg: CheckerTrainConfig, stop_after: int | None = None, progress: bool = True):
     """Train (or resume) the checker in ``workdir``; returns the model and the loop summary."""
-    from pocketdiff.distill.loop import LoopConfig, train
-
     torch.manual_seed(cfg.seed)
     scenes, images = render_pool(cfg.pool_size, cfg.seed)
     x_all, t_all = to_tensor(images), targets(scenes)

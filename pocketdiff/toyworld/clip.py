@@ -15,8 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pocketdiff.architectures.factory import get_architecture, text_encoder_config
 from pocketdiff.architectures.vocab import TOKENIZER_DIR
-from pocketdiff.toyworld.world import IMAGE_SIZE
+from pocketdiff.loop import LoopConfig, train
+from pocketdiff.runtime.tokenizer import CLIPBPETokenizer
+from pocketdiff.toyworld.world import IMAGE_SIZE, batch
 
 
 @dataclass
@@ -31,8 +34,6 @@ class ClipTrainConfig:
 def clip_config():
     """CLIPConfig whose text tower is exactly the toy architecture's text encoder."""
     from transformers import CLIPConfig
-
-    from pocketdiff.architectures.factory import get_architecture, text_encoder_config
 
     text = text_encoder_config(get_architecture("toy"))
     h = text["hidden_size"]
@@ -92,10 +93,6 @@ def train_clip(workdir, cfg: ClipTrainConfig, stop_after: int | None = None, pro
     """Contrastive training on renders + captions of the ``train`` split only: the text tower feeds the
     teacher, so held-out combinations stay unseen by everything the teacher is built from."""
     from transformers import CLIPModel
-
-    from pocketdiff.distill.loop import LoopConfig, train
-    from pocketdiff.runtime.tokenizer import CLIPBPETokenizer
-    from pocketdiff.toyworld.world import batch
 
     torch.manual_seed(cfg.seed)
     tok = CLIPBPETokenizer.from_dir(TOKENIZER_DIR)

@@ -1,7 +1,7 @@
 """The toy-teacher recipe: toy CLIP -> attribute checker -> VAE -> UNet -> a diffusers pipeline folder.
 
 ``pocketdiff toy train-teacher --out DIR`` runs it. Every part trains through the resumable loop
-(``distill/loop.py``) in ``DIR/work/<part>/``, so a stopped run continues where it stopped. The
+(``pocketdiff/loop.py``) in ``DIR/work/<part>/``, so a stopped run continues where it stopped. The
 outputs are:
 
 * ``DIR/pipeline/``: a complete ``StableDiffusionPipeline`` folder (the teacher) with ``pocketdiff.json``;
@@ -22,8 +22,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from pocketdiff.architectures.factory import SD15_SCHEDULER, get_architecture, load_tokenizer
+from pocketdiff.architectures.vocab import TOKENIZER_DIR
+from pocketdiff.loop import LoopConfig, denoising_batch, train
+from pocketdiff.pipedir import StageRecord, atomic_output_dir, write_history
+from pocketdiff.runtime.tokenizer import CLIPBPETokenizer
 from pocketdiff.toyworld.checker import CheckerTrainConfig, train_checker
 from pocketdiff.toyworld.clip import ClipTrainConfig, images_to_pixels, text_encoder_from_clip, tokenize, train_clip
+from pocketdiff.toyworld.world import batch
 
 log = logging.getLogger(__name__)
 
@@ -73,10 +79,6 @@ def train_vae(workdir, cfg: VaeTrainConfig, stop_after=None, progress=True):
     """AutoencoderKL of the toy architecture: L1 + L2 reconstruction + a small KL term."""
     from diffusers import AutoencoderKL
 
-    from pocketdiff.architectures.factory import get_architecture
-    from pocketdiff.distill.loop import LoopConfig, train
-    from pocketdiff.toyworld.world import batch
-
     torch.manual_seed(cfg.seed)
     pool = images_to_pixels(np.stack([s.image for s in batch(cfg.seed + 11, cfg.pool_size, "train")]))
     vae = AutoencoderKL(**get_architecture("toy").vae)
@@ -104,8 +106,6 @@ def train_vae(workdir, cfg: VaeTrainConfig, stop_after=None, progress=True):
 @torch.no_grad()
 def vae_metrics(vae, n: int = 512, seed: int = 99) -> dict:
     """Reconstruction PSNR on validation renders, and the latent std (1/std = scaling_factor)."""
-    from pocketdiff.toyworld.world import batch
-
     imgs = np.stack([s.image for s in batch(seed, n, "val")])
     z = vae.encode(images_to_pixels(imgs)).latent_dist.mean
     rec = vae.decode(z).sample
@@ -116,10 +116,6 @@ def vae_metrics(vae, n: int = 512, seed: int = 99) -> dict:
 def train_unet(workdir, cfg: UnetTrainConfig, vae, text_encoder, tokenizer, stop_after=None, progress=True):
     """Epsilon-prediction UNet on SD1.5's noise schedule, text from the frozen CLIP text tower."""
     from diffusers import DDPMScheduler, UNet2DConditionModel
-
-    from pocketdiff.architectures.factory import SD15_SCHEDULER, get_architecture
-    from pocketdiff.distill.loop import LoopConfig, denoising_batch, train
-    from pocketdiff.toyworld.world import batch
 
     torch.manual_seed(cfg.seed)
     samples = batch(cfg.seed + 13, cfg.pool_size, "train")
@@ -156,11 +152,6 @@ def train_teacher(out_dir: str | Path, recipe: TeacherRecipe | None = None, prog
     """Run the whole recipe (resuming parts already done) and write the teacher folders into ``out_dir``."""
     import diffusers
     from diffusers import StableDiffusionPipeline
-
-    from pocketdiff.architectures.factory import SD15_SCHEDULER, load_tokenizer
-    from pocketdiff.architectures.vocab import TOKENIZER_DIR
-    from pocketdiff.pipedir import StageRecord, atomic_output_dir, write_history
-    from pocketdiff.runtime.tokenizer import CLIPBPETokenizer
 
     recipe = recipe or TeacherRecipe()
     out_dir = Path(out_dir)

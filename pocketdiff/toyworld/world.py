@@ -38,6 +38,17 @@ CELL = IMAGE_SIZE / 3
 HELD_OUT = frozenset({("red", "triangle"), ("green", "ring"), ("blue", "cross"), ("yellow", "diamond"),
                       ("purple", "circle"), ("cyan", "square")})
 SPLITS = ("train", "val", "heldout")
+# Fixed prompts for side-by-side grids (the toy demo page, the build report): seen and held-out combinations.
+DEMO_PROMPTS = (
+    "a small red circle in the top left on a grey background",
+    "a large blue square in the center on a black background",
+    "a large yellow triangle in the bottom right on a navy background",
+    "a small white cross in the top on a brown background",
+    "a green diamond left of an orange ring",
+    "a cyan circle above a purple square",
+    "a large red triangle in the center on a grey background",   # held-out combination
+    "a blue cross right of a green ring",                          # held-out combinations
+)
 
 _SINGLE_TEMPLATES = (
     "a {size} {colour} {shape} in the {pos} on a {bg} background",
@@ -51,6 +62,20 @@ _PAIR_TEMPLATES = (
     "{c1} {s1} {rel} {c2} {s2}",
     "a {c1} {s1} is {rel} a {c2} {s2}",
     "two shapes: a {c1} {s1} {rel} a {c2} {s2}",
+)
+
+# The phrasing split (``benchmarks.quality``, eval only, never trained on): the same attributes in word orders
+# and glue words no training template above produces, every word a single token of the project's vocabulary.
+_REPHRASED_SINGLE = (
+    "there is a {size} {colour} {shape} at the {pos} of the image, on {bg}",
+    "on a plain {bg} background, one {colour} {shape} that is {size}, in the {pos}",
+    "{pos}: a {size} {colour} {shape} with a {bg} background",
+    "an image with a {bg} background and a {size} {colour} {shape} in the {pos}",
+)
+_REPHRASED_PAIR = (
+    "there is a {c1} {s1} {rel} the {c2} {s2}",
+    "a {c2} {s2} and a {c1} {s1} {rel} it",
+    "image of a {c1} {s1} that is {rel} a {c2} {s2}",
 )
 
 
@@ -134,6 +159,17 @@ def caption(scene: Scene, rng: np.random.Generator) -> str:
     return t.format(c1=o1.colour, s1=o1.shape, rel=scene.relation, c2=o2.colour, s2=o2.shape)
 
 
+def rephrase(scene: Scene, rng: np.random.Generator) -> str:
+    """A caption of ``scene`` in a phrasing no training template produces (the eval's phrasing split)."""
+    if scene.relation is None:
+        o = scene.objects[0]
+        t = _REPHRASED_SINGLE[int(rng.integers(len(_REPHRASED_SINGLE)))]
+        return t.format(size=o.size, colour=o.colour, shape=o.shape, pos=o.position, bg=scene.background)
+    o1, o2 = scene.objects
+    t = _REPHRASED_PAIR[int(rng.integers(len(_REPHRASED_PAIR)))]
+    return t.format(c1=o1.colour, s1=o1.shape, rel=scene.relation, c2=o2.colour, s2=o2.shape)
+
+
 def _shape_polygons(shape: str, cx: float, cy: float, r: float) -> list[tuple[str, list]]:
     """Drawing ops (kind, args) in pixel coordinates for PIL.ImageDraw at any scale."""
     if shape == "circle":
@@ -192,3 +228,10 @@ def samples(seed: int, split: str = "train", kind: str | None = None) -> Iterato
 def batch(seed: int, n: int, split: str = "train", kind: str | None = None) -> list[Sample]:
     it = samples(seed, split, kind)
     return [next(it) for _ in range(n)]
+
+
+def captioned_source(n: int, seed: int, split: str = "train"):
+    """The toy world as a training data source (``distill.data``, entry point ``toyworld``): ``n`` scenes of
+    ``split`` -> (captions, ``load(start, stop)`` -> uint8 [stop - start, 32, 32, 3])."""
+    drawn = batch(seed, n, split)
+    return [s.caption for s in drawn], lambda a, b: np.stack([s.image for s in drawn[a:b]])

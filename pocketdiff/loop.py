@@ -1,4 +1,5 @@
-"""The resumable training loop every pocketdiff training job uses (accelerate-based).
+"""The resumable training loop every pocketdiff training job uses (accelerate-based): the SnapFusion stages
+in ``distill/`` and the toy teacher's parts in ``toyworld/``.
 
 A job is ``(models, optimizer, batch_fn, loss_fn)``:
 
@@ -82,11 +83,6 @@ class LoopConfig:
 def config_hash(config: Any) -> str:
     data = asdict(config) if hasattr(config, "__dataclass_fields__") else config
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def read_log(workdir: str | Path) -> list[dict]:
-    f = Path(workdir) / "log.jsonl"
-    return [json.loads(line) for line in f.read_text().splitlines()] if f.is_file() else []
 
 
 def denoising_batch(step: int, seed: int, latents, ids, empty_ids, batch_size: int, caption_dropout: float,

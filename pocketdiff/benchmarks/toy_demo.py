@@ -1,4 +1,4 @@
-"""`pocketdiff toy demo`: the shipped teacher's image grid and a quick eval on one HTML page (make demo)."""
+"""`pocketdiff toy demo`: the shipped toy teacher's image grid and a quick eval on one HTML page."""
 
 from __future__ import annotations
 
@@ -7,24 +7,14 @@ from pathlib import Path
 
 import numpy as np
 
-DEMO_PROMPTS = (
-    "a small red circle in the top left on a grey background",
-    "a large blue square in the center on a black background",
-    "a large yellow triangle in the bottom right on a navy background",
-    "a small white cross in the top on a brown background",
-    "a green diamond left of an orange ring",
-    "a cyan circle above a purple square",
-    "a large red triangle in the center on a grey background",   # held-out combination
-    "a blue cross right of a green ring",                          # held-out combinations
-)
+from pocketdiff.benchmarks.quality import EvalModels, evaluate_images, image_grid, prompt_set
+from pocketdiff.benchmarks.report import png_data_uri, table_html, write_page
+from pocketdiff.generate import GenerateConfig, generate_many
+from pocketdiff.toyworld.world import DEMO_PROMPTS
 
 
 def run_demo(teacher_dir: str | Path, out_dir: str | Path, guidance: float, steps: int = 25, n_eval: int = 200,
              seeds: int = 4, scheduler: str = "ddim") -> Path:
-    from pocketdiff.benchmarks.quality import EvalModels, evaluate_images, image_grid, prompt_set
-    from pocketdiff.benchmarks.report import png_data_uri, table_html, write_page
-    from pocketdiff.generate import GenerateConfig, generate_many
-
     teacher_dir, out_dir = Path(teacher_dir), Path(out_dir)
     t0 = time.perf_counter()
     rows = []

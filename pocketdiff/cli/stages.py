@@ -1,0 +1,141 @@
+"""Stage commands (``slim-robust``, ``slim-evolve``, ``slim-finetune``, ``distill-decoder``, ``distill-steps``),
+``build`` and ``regress``.
+
+Each stage command's flags are generated from its config dataclass (:data:`STAGE_COMMANDS`: command ->
+config class; ``cli.common.add_config_args``), so every default lives in the dataclass; a command adds only
+its folders (``--pipeline``, ``--out``, ``--workdir``) and switches (``--force``, ``--no-progress``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pocketdiff.benchmarks.regress import regress, table
+from pocketdiff.build import build, load_recipe
+from pocketdiff.cli.common import add_config_args, config_from_args, stage_parser, workdir_for
+from pocketdiff.distill.decoder import DecoderDistillConfig, distill_decoder
+from pocketdiff.distill.evolution import EvolveConfig, evolve
+from pocketdiff.distill.kd import KDTrainConfig
+from pocketdiff.distill.robust_training import robust_train
+from pocketdiff.distill.slim_finetune import FinetuneConfig, slim_finetune
+from pocketdiff.distill.steps import StepDistillConfig, distill_steps, plan
+from pocketdiff.distributed import is_main_process
+from pocketdiff.pipedir import read_json
+
+
+def _slim_robust(args, cfg: KDTrainConfig) -> str:
+    out = robust_train(args.pipeline, args.out, cfg, workdir_for(args), progress=not args.no_progress,
+                       overwrite=args.force)
+    return f"wrote the robust-trained pipeline to {out}; checkpoints and loss log in {workdir_for(args)}"
+
+
+def _slim_evolve(args, cfg: EvolveConfig) -> str:
+    workdir = workdir_for(args)
+    out = evolve(args.pipeline, args.out, cfg, workdir, progress=not args.no_progress, overwrite=args.force)
+    rep = read_json(workdir / "report.json")
+    return (f"{rep['finished']}: removed {len(rep['removed_blocks'])} blocks, estimated latency "
+            f"{rep['estimate_ratio']:.3f} x the full UNet (budget {cfg.budget}), proxy {rep['proxy']:.4f}; "
+            f"params {rep['params_slim'] / 1e6:.2f} M of {rep['params_full'] / 1e6:.2f} M\n"
+            f"wrote the slim pipeline to {out}; report and plot: {workdir}/report.json, {workdir}/evolution.png")
+
+
+def _slim_finetune(args, cfg: FinetuneConfig) -> str:
+    out = slim_finetune(args.pipeline, args.teacher, args.out, cfg, workdir_for(args), progress=not args.no_progress,
+                        overwrite=args.force)
+    return f"wrote the fine-tuned slim pipeline to {out}; checkpoints and loss log in {workdir_for(args)}"
+
+
+def _distill_decoder(args, cfg: DecoderDistillConfig) -> str:
+    out = distill_decoder(args.pipeline, args.out, cfg, workdir_for(args), progress=not args.no_progress,
+                          overwrite=args.force, cache_dir=args.latent_cache)
+    return (f"wrote the pipeline with the distilled {cfg.kind} decoder to {out}; latent cache, checkpoints and "
+            f"loss log in {workdir_for(args)}")
+
+
+def _distill_steps(args, cfg: StepDistillConfig) -> str:
+    out = distill_steps(args.pipeline, args.out, cfg, workdir_for(args), teacher_dir=args.teacher,
+                        progress=not args.no_progress, overwrite=args.force)
+    last = plan(cfg)[-1].steps
+    return (f"wrote the {last}-step student pipeline to {out} (sample it with DDIM at {last} steps); every round's "
+            f"student, checkpoints and loss logs in {workdir_for(args)}")
+
+
+# command -> (config dataclass, handler, help, (extra flag, required, help)...)
+STAGE_COMMANDS = {
+    "slim-robust": (KDTrainConfig, _slim_robust, "robust training with random block skipping (resumable; "
+                    "SnapFusion)", (("--pipeline", True, "teacher pipeline folder"),)),
+    "slim-evolve": (EvolveConfig, _slim_evolve, "architecture evolution to a latency budget, then materialise the "
+                    "slim UNet (resumable; SnapFusion)",
+                    (("--pipeline", True, "robust-trained pipeline folder (slim-robust's output)"),)),
+    "slim-finetune": (FinetuneConfig, _slim_finetune, "KD fine-tune of the materialised slim UNet from the teacher "
+                      "(resumable)", (("--pipeline", True, "slim pipeline folder (slim-evolve's output)"),
+                                      ("--teacher", True, "the original teacher pipeline folder"))),
+    "distill-decoder": (DecoderDistillConfig, _distill_decoder, "an efficient image decoder trained on the "
+                        "teacher's own latents (resumable; SnapFusion)",
+                        (("--pipeline", True, "teacher pipeline folder"),
+                         ("--latent-cache", False, "folder of the teacher-latent cache, shareable between runs "
+                                                   "(default: WORKDIR)"))),
+    "distill-steps": (StepDistillConfig, _distill_steps, "progressive step distillation with CFG-aware "
+                      "regularisation, optionally a guidance-embedded student (resumable per round; SnapFusion)",
+                      (("--pipeline", True, "the student's starting pipeline (the teacher, or a slim one)"),
+                       ("--teacher", False, "round 1's teacher pipeline (default: --pipeline)"))),
+}
+
+
+def _run_stage_command(args) -> int:
+    cls, handler = STAGE_COMMANDS[args.command][:2]
+    print(handler(args, config_from_args(cls, args).validate()))
+    return 0
+
+
+def _cmd_build(args) -> int:
+    recipe = load_recipe(args.recipe, args.set or [])
+    res = build(args.teacher, recipe, args.out, from_stage=args.from_stage, until=args.until,
+                progress=not args.no_progress)
+    if not is_main_process():  # (accelerate launch: the other processes stop after the training stages)
+        return 0
+    for name, what in res["stages"].items():
+        print(f"  {name:<8} {what}")
+    report = Path(args.out) / "report" / "index.html"
+    print(f"build in {args.out}" + (f"; report: {report}" if report.is_file() else ""))
+    return 0
+
+
+def _cmd_regress(args) -> int:
+    passed, checks, _ = regress(args.bundle, args.baseline, args.eval_models, args.json)
+    print(table(checks))
+    print("quality gate: " + ("passed" if passed else f"FAILED ({sum(not c.ok for c in checks)} regressed)"))
+    return 0 if passed else 1
+
+
+def add_commands(sub) -> None:
+    for name, (cls, _, help_text, extra) in STAGE_COMMANDS.items():
+        p = stage_parser(sub, name, help_text)
+        for flag, required, flag_help in extra:
+            p.add_argument(flag, required=required, default=None, help=flag_help)
+        p.add_argument("--out", required=True, help="output pipeline folder")
+        p.add_argument("--workdir", default=None, help="checkpoints and loss logs (default: OUT.work); rerun to "
+                                                       "resume")
+        add_config_args(p, cls)
+        p.add_argument("--force", action="store_true", help="replace an existing output folder")
+        p.add_argument("--no-progress", action="store_true")
+        p.set_defaults(func=_run_stage_command)
+
+    b = sub.add_parser("build", help="run a recipe's stages on a teacher: slim, decoder, steps, export, bench, eval, "
+                                     "report (resumable; reruns skip unchanged stages)")
+    b.add_argument("--teacher", required=True, help="teacher pipeline folder")
+    b.add_argument("--recipe", required=True, help="recipe TOML (recipes/toy.toml, recipes/toy-full.toml, ...)")
+    b.add_argument("--out", required=True, help="work folder: one subfolder per stage")
+    b.add_argument("--from", dest="from_stage", default=None, help="redo from this stage on")
+    b.add_argument("--until", default=None, help="stop after this stage")
+    b.add_argument("--set", action="append", help="override a recipe value, e.g. steps.distill.iters=500 (repeatable)")
+    b.add_argument("--no-progress", action="store_true")
+    b.set_defaults(func=_cmd_build)
+
+    rg = sub.add_parser("regress", help="the quality-regression gate: evaluate a bundle against a baseline "
+                                        "(exit 1 on a regression)")
+    rg.add_argument("--bundle", required=True)
+    rg.add_argument("--baseline", required=True, help="baseline JSON (benchmarks/baselines/*.json)")
+    rg.add_argument("--eval-models", default=None, help="toy eval models folder (default: the shipped toy teacher)")
+    rg.add_argument("--json", default=None, help="also write the evaluation and checks here")
+    rg.set_defaults(func=_cmd_regress)

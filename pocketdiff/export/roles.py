@@ -1,0 +1,180 @@
+"""The one registry of component roles: every exported component has a role, and everything that
+handles components reads its facts from here (the exporters, parity, the ONNX-folder loader, bench and
+the bundle writer).
+
+A role carries:
+
+- its I/O spec: tensor names, shapes in symbols (``B`` batch, ``C``/``h`` latent channels and size, ``T``
+  77 tokens, ``D`` text width, ``H`` image size, ``W`` the guidance-embedding width; an input that needs
+  ``W`` exists only when the model has one), dtypes, and how its fixed inputs are drawn;
+- its ONNX folder in optimum's layout (``<folder>/model.onnx``), its Core ML resource name (apple's Swift
+  package), its ExecuTorch file;
+- whether it runs inside the denoising loop (``per_step``: static-shape targets then export it at the
+  step policy's batch, 2 for two-pass CFG);
+- its bench cases (the batches ``bench`` and ``bench compare`` time it at).
+
+Later methods add their roles here (an adaptor, exit heads, a step-budget predictor, a UNet per width)
+and their torch wrappers in ``export/components.py``. This module imports no torch.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pocketdiff.errors import choice_error
+from pocketdiff.runtime.policies import guidance_scale_embedding
+from pocketdiff.runtime.sessions import TensorSpec
+
+MAX_TOKENS = 77
+PARITY_GUIDANCE = 7.5  # the w a guidance-embedded UNet's fixed inputs embed
+FILLS = ("ids", "normal", "timestep", "w_embedding", "zeros")
+
+
+@dataclass(frozen=True)
+class Port:
+    """One input or output of a role: shape in symbols, dtype, how fixed inputs fill it, and the symbol it
+    needs to exist at all (``W``: only a guidance-embedded model has it)."""
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str = "float32"
+    fill: str = "normal"
+    needs: str | None = None
+
+
+@dataclass(frozen=True)
+class Dims:
+    """The numbers a pipeline's or bundle's shapes resolve to."""
+
+    latent_channels: int
+    latent_size: int
+    hidden_size: int
+    vocab_size: int
+    image_size: int
+    guidance_embed_dim: int | None = None
+
+    def symbol(self, s: str) -> int | None:
+        return {"C": self.latent_channels, "h": self.latent_size, "D": self.hidden_size, "H": self.image_size,
+                "W": self.guidance_embed_dim, "T": MAX_TOKENS}[s]
+
+    @classmethod
+    def from_configs(cls, unet_config: dict, text_encoder_config: dict, vae_config: dict) -> "Dims":
+        s = unet_config["sample_size"]
+        return cls(unet_config["in_channels"], s, text_encoder_config["hidden_size"],
+                   text_encoder_config["vocab_size"], s * 2 ** (len(vae_config["block_out_channels"]) - 1),
+                   unet_config.get("time_cond_proj_dim"))
+
+    @classmethod
+    def from_pipe(cls, pipe) -> "Dims":
+        """Of a loaded diffusers pipeline (its models' configs)."""
+        return cls.from_configs(dict(pipe.unet.config), pipe.text_encoder.config.to_dict(), dict(pipe.vae.config))
+
+    @classmethod
+    def from_bundle(cls, bundle, target: str) -> "Dims":
+        """Of a loaded bundle (``runtime.bundle.Bundle``): the manifest's model shapes, the UNet's declared
+        inputs, the tokenizer's vocabulary."""
+        m = bundle.manifest
+        c, s, _ = m["model"]["latent_shape"]
+        unet = {i["name"]: i["shape"] for i in bundle.component("unet", target).inputs}
+        hidden = unet["encoder_hidden_states"]
+        vocab = len(json.loads((Path(bundle.path) / m["tokenizer"]["vocab"]).read_text(encoding="utf-8")))
+        w = unet.get("timestep_cond", [None])[-1]
+        d = hidden[1] if len(hidden) == 4 else hidden[-1]  # Core ML's apple layout is [B, D, 1, 77]
+        return cls(c, s, d, vocab, m["model"]["image_size"][0], w)
+
+
+@dataclass(frozen=True)
+class Role:
+    name: str
+    inputs: tuple[Port, ...]
+    outputs: tuple[Port, ...]
+    onnx_folder: str
+    coreml_resource: str
+    per_step: bool = False
+    bench_batches: tuple[int, ...] = (1,)
+
+    @property
+    def onnx_file(self) -> str:
+        return f"{self.onnx_folder}/model.onnx"
+
+    @property
+    def executorch_file(self) -> str:
+        return f"{self.name}.pte"
+
+    def _specs(self, ports, dims: Dims, batch) -> list[TensorSpec]:
+        return [TensorSpec(p.name, tuple(batch if d == "B" else dims.symbol(d) if isinstance(d, str) else d
+                                         for d in p.shape), p.dtype)
+                for p in ports if p.needs is None or dims.symbol(p.needs) is not None]
+
+    def io(self, dims: Dims, batch: int | str = "batch_size") -> tuple[list[TensorSpec], list[TensorSpec]]:
+        """(inputs, outputs) at ``dims``; ``batch`` a number, or a symbol for a dynamic batch."""
+        return self._specs(self.inputs, dims, batch), self._specs(self.outputs, dims, batch)
+
+    def batch_inputs(self) -> tuple[str, ...]:
+        """Inputs whose leading dim is the batch."""
+        return tuple(p.name for p in self.inputs if p.shape[:1] == ("B",))
+
+    def fixed_inputs(self, dims: Dims, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
+        """The fixed inputs every parity check and benchmark feeds this role (numpy only): random ids,
+        Gaussian tensors, timestep 500, the w embedding of guidance 7.5; drawn in input order from one
+        seeded generator."""
+        rng = np.random.default_rng(seed)
+        out = {}
+        for spec, port in zip(self.io(dims, batch)[0], [p for p in self.inputs if p.needs is None
+                                                        or dims.symbol(p.needs) is not None]):
+            if port.fill == "ids":
+                out[spec.name] = rng.integers(0, dims.vocab_size, spec.shape).astype(spec.dtype)
+            elif port.fill == "normal":
+                out[spec.name] = rng.standard_normal(spec.shape).astype(spec.dtype)
+            elif port.fill == "timestep":
+                out[spec.name] = np.array(500.0, spec.dtype)
+            elif port.fill == "w_embedding":
+                out[spec.name] = np.repeat(guidance_scale_embedding(PARITY_GUIDANCE - 1, spec.shape[-1]), batch, 0)
+            else:
+                out[spec.name] = np.zeros(spec.shape, spec.dtype)
+        return out
+
+
+ROLES: dict[str, Role] = {}
+
+
+def register_role(role: Role) -> Role:
+    for p in role.inputs + role.outputs:
+        if p.fill not in FILLS:
+            raise choice_error(f"fill of {role.name}.{p.name}", p.fill, FILLS)
+    ROLES[role.name] = role
+    return role
+
+
+register_role(Role(
+    "text_encoder",
+    inputs=(Port("input_ids", ("B", "T"), "int32", fill="ids"),),
+    outputs=(Port("last_hidden_state", ("B", "T", "D")), Port("pooler_output", ("B", "D"))),
+    onnx_folder="text_encoder", coreml_resource="TextEncoder"))
+register_role(Role(
+    "unet",
+    inputs=(Port("sample", ("B", "C", "h", "h")), Port("timestep", (), fill="timestep"),
+            Port("encoder_hidden_states", ("B", "T", "D")),
+            Port("timestep_cond", ("B", "W"), fill="w_embedding", needs="W")),
+    outputs=(Port("out_sample", ("B", "C", "h", "h")),),
+    onnx_folder="unet", coreml_resource="Unet", per_step=True, bench_batches=(1, 2)))
+register_role(Role(
+    "vae_decoder",
+    inputs=(Port("latent_sample", ("B", "C", "h", "h")),),
+    outputs=(Port("sample", ("B", 3, "H", "H")),),
+    onnx_folder="vae_decoder", coreml_resource="VAEDecoder"))
+
+
+def get_role(name: str) -> Role:
+    if name not in ROLES:
+        raise choice_error("component role", name, ROLES)
+    return ROLES[name]
+
+
+def bench_cases(roles=None) -> list[tuple[str, int]]:
+    """(role, batch) pairs ``bench`` times, in registry order (all roles, or those named)."""
+    return [(r.name, b) for r in ROLES.values() if roles is None or r.name in roles for b in r.bench_batches]

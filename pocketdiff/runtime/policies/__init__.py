@@ -1,0 +1,56 @@
+"""Step policies, one file each, and their one registry.
+
+- ``cfg`` (``cfg.py``): two-pass classifier-free guidance as one batch-2 UNet call per step.
+- ``guidance_embedded`` (``guidance_embedded.py``): one batch-1 pass with the w embedding.
+
+A bundle's manifest names its policy and params (``sampler: {policy, params}``); a bundle written
+before policies existed has none and gets :func:`default_policy_name` of its UNet, exactly the
+behaviour it had. Later methods add a file here and one :func:`register_policy` line below.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from pocketdiff.errors import PocketdiffError, choice_error
+from pocketdiff.runtime.policies.base import UNET, Call, Denoise, StepPolicy, cfg_combine, unet_feeds
+from pocketdiff.runtime.policies.cfg import CFGPolicy
+from pocketdiff.runtime.policies.guidance_embedded import W_INPUT, GuidanceEmbeddedPolicy, guidance_scale_embedding
+
+POLICIES: dict[str, type[StepPolicy]] = {}
+
+
+def register_policy(cls: type[StepPolicy]) -> type[StepPolicy]:
+    """Add a policy class to the registry under ``cls.name`` (usable as a decorator)."""
+    if not cls.name:
+        raise PocketdiffError(f"policy class {cls.__name__} has no name")
+    POLICIES[cls.name] = cls
+    return cls
+
+
+register_policy(CFGPolicy)
+register_policy(GuidanceEmbeddedPolicy)
+
+
+def make_policy(name: str, params: Mapping[str, Any] | None = None) -> StepPolicy:
+    """The policy ``name`` with ``params``; an unknown name or a bad param is one error naming what is allowed."""
+    if name not in POLICIES:
+        raise choice_error("sampler policy", name, POLICIES)
+    if params is not None and not isinstance(params, Mapping):
+        raise PocketdiffError(f"sampler policy {name!r}: params must be an object, got {params!r}")
+    return POLICIES[name](params)
+
+
+def default_policy_name(unet_input_names) -> str:
+    """The policy a UNet implies when nothing names one: a w-embedded UNet's single pass, else CFG."""
+    return GuidanceEmbeddedPolicy.name if W_INPUT in set(unet_input_names) else CFGPolicy.name
+
+
+def runtime_roles() -> set[str]:
+    """Every role this runtime can call: the text encoder and decoder, and each registered policy's."""
+    return {"text_encoder", "vae_decoder"} | {r for cls in POLICIES.values() for r in cls.ROLES}
+
+
+__all__ = ["POLICIES", "UNET", "Call", "CFGPolicy", "Denoise", "GuidanceEmbeddedPolicy", "StepPolicy", "W_INPUT",
+           "cfg_combine", "default_policy_name", "guidance_scale_embedding", "make_policy", "register_policy",
+           "runtime_roles", "unet_feeds"]
