@@ -233,6 +233,25 @@ def distill_target(teacher, prediction_type: str, sched: Schedule, z, t, s, quer
         return a_t * eps_tilde - s_t * x_tilde
 
 
+def distill_terms(student, teacher, prediction_type: str, sched: Schedule, batch, empty_hidden) -> dict:
+    """One batch's named loss terms. ``batch`` = (x0, noise, t, s, queries, lands, cond, w, cfg_rows): clean
+    latents [B,C,h,w], noise, the student's step (t, s) [B], the teacher's steps (``teacher_grid``) [B, k], text
+    states [B,77,D], guidance scales [B] and the CFG-aware rows [B] (bool). ``vanilla`` and ``cfg`` are the MSE
+    of the student's v (guided on the CFG rows) to the target, each summed over its rows and divided by B;
+    ``loss`` is their sum."""
+    x0, noise, t, s, queries, lands, cond, w, cfg_rows = batch
+    a, sg = sched.alpha_sigma(t)
+    z = a * x0 + sg * noise  # [B,C,h,w]
+    uncond = empty_hidden.expand_as(cond)
+    target = distill_target(teacher, prediction_type, sched, z, t, s, queries, lands, cond, uncond, w, cfg_rows)
+    v = guided_output(student, z, t, cond, uncond, w, cfg_rows)  # the student predicts v
+    per = ((v - target) ** 2).mean(dim=(1, 2, 3))  # [B]
+    n = len(per)
+    terms = {"vanilla": per[~cfg_rows].sum() / n, "cfg": per[cfg_rows].sum() / n}
+    terms["loss"] = terms["vanilla"] + terms["cfg"]
+    return terms
+
+
 def student_scheduler(scheduler_config: dict):
     """The DDIM the students are trained for and sampled with: v-prediction, trailing spacing."""
     return DDIMScheduler.from_config(scheduler_config, prediction_type="v_prediction", timestep_spacing="trailing")
@@ -324,18 +343,8 @@ def distill_steps(pipeline_dir: str | Path, out_dir: str | Path, cfg: StepDistil
                 cond = torch.where(dropped.view(-1, 1, 1), empty_hidden, hidden[idx])
                 return latents[idx], noise, t_grid[i], s_grid[i], q_grid[i], l_grid[i], cond, w, cfg_rows
 
-            def loss_fn(models, b, r=r, teacher=teacher, pred=pred):
-                x0, noise, t, s, queries, lands, cond, w, cfg_rows = b  # queries, lands: [B, substeps]
-                a, sg = sched.alpha_sigma(t)
-                z = a * x0 + sg * noise  # [B,C,h,w]
-                uncond = empty_on_dev.expand_as(cond)
-                target = distill_target(teacher, pred, sched, z, t, s, queries, lands, cond, uncond, w, cfg_rows)
-                v = guided_output(models[0], z, t, cond, uncond, w, cfg_rows)  # the student predicts v
-                per = ((v - target) ** 2).mean(dim=(1, 2, 3))  # [B]
-                n = len(per)
-                terms = {"vanilla": per[~cfg_rows].sum() / n, "cfg": per[cfg_rows].sum() / n}
-                terms["loss"] = terms["vanilla"] + terms["cfg"]
-                return terms
+            def loss_fn(models, b, teacher=teacher, pred=pred):
+                return distill_terms(models[0], teacher, pred, sched, b, empty_on_dev)
 
             summary = train(rdir / "train", [student], opt, batch_fn, loss_fn,
                             LoopConfig(steps=r.iters, checkpoint_every=cfg.checkpoint_every, progress=progress,
