@@ -7,7 +7,8 @@ A job is ``(models, optimizer, batch_fn, loss_fn)``:
   same data as an uninterrupted one;
 * ``loss_fn(models, batch)`` gets the accelerate-prepared models (DDP-wrapped on several GPUs) and returns
   named loss terms (BK-SDM style) with the weighted total under ``"loss"``;
-  every term is logged separately to ``log.jsonl``.
+  every term is logged separately to ``log.jsonl``: a row every ``log_every`` steps (and at the last),
+  holding each term's mean over the steps since the row before (this run's steps, after a resume).
 
 With ``LoopConfig.ema_decay`` > 0, diffusers' ``EMAModel`` keeps an exponential moving average of every
 model's parameters (checkpointed with the rest, so a resumed run averages exactly as an uninterrupted
@@ -171,6 +172,7 @@ def train(workdir: str | Path, models: list, optimizer, batch_fn: Callable[[int]
     t0 = time.perf_counter()
     bar = tqdm(total=loop.steps, initial=start, desc=name, disable=not loop.progress or not main)
     step = start
+    sums: dict[str, float] = {}  # each term summed over the steps since the last log row
     with open(workdir / "log.jsonl", "a") if main else contextlib.nullcontext() as logf:
         while step < loop.steps:
             # batch_fn's index seeds the batch: one process sees the batches of steps 0, 1, 2, ...; with N
@@ -187,11 +189,15 @@ def train(workdir: str | Path, models: list, optimizer, batch_fn: Callable[[int]
                 ema.step(params)
             step += 1
             bar.update(1)
+            for k, v in terms.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
             if (step % loop.log_every == 0 or step == loop.steps) and main:
-                rec = {"step": step, **{k: float(v.detach()) for k, v in terms.items()}}
+                count = step - max(start, (step - 1) // loop.log_every * loop.log_every)
+                rec = {"step": step, **{k: v / count for k, v in sums.items()}}
                 logf.write(json.dumps(rec) + "\n")
                 logf.flush()
                 bar.set_postfix(loss=f"{rec['loss']:.4f}")
+                sums = {}
             interrupted = stop_after is not None and step - start >= stop_after
             if step % loop.checkpoint_every == 0 or step == loop.steps or interrupted:
                 save(step)

@@ -99,3 +99,32 @@ def test_lr_schedule_cosine_decays_to_a_twentieth_and_constant_is_none():
     assert all(a > b for a, b in zip(lrs, lrs[1:])) and lrs[-1] == pytest.approx(0.2 / 20)
     with pytest.raises(PocketdiffError, match="unknown learning-rate schedule 'linear'; allowed: constant, cosine"):
         lr_schedule(opt, "linear", 10, 0.2)
+
+
+def test_log_rows_are_means_over_their_interval(tmp_path):
+    """A row every log_every steps (and at the last) holds each term's mean over the steps since the row before;
+    after a resume, over this run's steps."""
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    data = torch.randn(64, 4, generator=torch.Generator().manual_seed(1))
+    seen: list[float] = []
+
+    def loss_fn(models, x):
+        loss = (models[0](x) ** 2).mean()
+        seen.append(float(loss))
+        return {"loss": loss}
+
+    def run(stop_after=None):
+        train(tmp_path, [model], opt, lambda step: data[step % 8 * 8:step % 8 * 8 + 8], loss_fn,
+              LoopConfig(steps=12, checkpoint_every=1, log_every=5, progress=False), {"job": 1},
+              stop_after=stop_after)
+
+    with pytest.raises(Interrupted):
+        run(stop_after=7)
+    run()
+    log = read_train_log(tmp_path)
+    assert [r["step"] for r in log] == [5, 10, 12]
+    assert log[0]["loss"] == pytest.approx(sum(seen[0:5]) / 5)
+    assert log[1]["loss"] == pytest.approx(sum(seen[7:10]) / 3)  # resumed at 7: steps 8-10 of this run
+    assert log[2]["loss"] == pytest.approx(sum(seen[10:12]) / 2)
