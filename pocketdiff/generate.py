@@ -164,7 +164,7 @@ def save_png(image: np.ndarray, out: str | Path) -> Path:
 def generate_many(prompts: list[str], cfg: GenerateConfig, pipeline_dir: str | Path | None = None,
                   onnx_dir: str | Path | None = None, batch_size: int = 64,
                   callback: ProgressCallback | None = None, output: str = "image",
-                  bundle_dir: str | Path | None = None, backend: str = "onnx") -> np.ndarray:
+                  bundle_dir: str | Path | None = None, backend: str = "onnx", trusted_key=None) -> np.ndarray:
     """Images for many prompts; image i starts from the runtime RNG with seed ``cfg.seed + i``.
 
     The torch path batches prompts through diffusers; the runtime path runs one prompt at a time, as
@@ -178,7 +178,7 @@ def generate_many(prompts: list[str], cfg: GenerateConfig, pipeline_dir: str | P
     if output == "latent" and (onnx_dir or bundle_dir) is not None:
         raise PocketdiffError("output='latent' needs pipeline_dir (the torch path); the runtime returns images only")
     if onnx_dir is not None or bundle_dir is not None:  # a bundle: its manifest's scheduler, on ``backend``
-        pipe = (RuntimePipeline.from_bundle(bundle_dir, backend) if bundle_dir is not None
+        pipe = (RuntimePipeline.from_bundle(bundle_dir, backend, trusted_key=trusted_key) if bundle_dir is not None
                 else runtime_from_onnx_folder(onnx_dir))
         out = []
         for i, p in enumerate(prompts):

@@ -116,7 +116,7 @@ def bench_adb(bundle_dir: str | Path, target: AdbTarget, threads: int = 4, warmu
     comps = [c for c in bundle.components if c.target == "executorch"]
     if not comps:
         raise PocketdiffError(f"bundle {bundle.path} has no executorch components (export with --targets executorch)")
-    ptes = {c.role: bundle.path / c.path for c in comps}
+    ptes = {c.role: bundle.file(c.path) for c in comps}
     setup, runs = adb_plan(target, ptes, threads, warmup, repeat)
     device = {p: _run(target.shell(f"getprop {p}")).strip() for p in DEVICE_PROPS}
     for cmd in setup:

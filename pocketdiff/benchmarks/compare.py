@@ -109,7 +109,7 @@ def native_policy(kind: str, path: Path, backend: str) -> str:
     return policy_for(b.manifest.get("sampler"), [i["name"] for i in b.component("unet", backend).inputs]).name
 
 
-def parse_side(text: str) -> Side:
+def parse_side(text: str, trusted_key=None) -> Side:
     """``pipeline=DIR|bundle=DIR|arch=NAME[,backend=..][,steps=N][,guidance=W][,policy=P]`` -> :class:`Side`."""
     fields: dict[str, str] = {}
     for part in text.split(","):
@@ -145,7 +145,7 @@ def parse_side(text: str) -> Side:
         inspect_pipeline(path)
         pinned = pinned_defaults(pipeline=path)
     else:
-        load_bundle(path).component("unet", backend)  # the bundle must hold this backend
+        load_bundle(path, trusted_key=trusted_key).component("unet", backend)  # it must hold this backend
         pinned = pinned_defaults(bundle=path)
     steps, guidance = pinned.resolve(*given)
     policy = fields.get("policy")
@@ -184,8 +184,7 @@ def _dry_runtime(side: Side) -> RuntimePipeline:
         sessions = {c.role: ShapeSession([TensorSpec.from_dict(i) for i in c.inputs],
                                          [TensorSpec.from_dict(o) for o in c.outputs], c.path)
                     for c in b.components if c.target == side.backend}
-        tok = CLIPBPETokenizer.from_dir(b.path / Path(m["tokenizer"]["vocab"]).parent)
-        return RuntimePipeline(tok, sessions, m["scheduler"]["config"], tuple(m["model"]["latent_shape"]),
+        return RuntimePipeline(b.tokenizer(), sessions, m["scheduler"]["config"], tuple(m["model"]["latent_shape"]),
                                m["model"]["latent_scale_factor"], make_policy(side.policy, _policy_params(side, m)))
     info = inspect_pipeline(side.path)
     dims = Dims.from_configs(info.unet_config, info.text_encoder_config, info.vae_config)
@@ -237,9 +236,9 @@ def _bundle_calls(side: Side, role: str, batches: list[int], threads: int) -> di
     comp = bundle.component(role, side.backend)
     inputs, outputs = [TensorSpec.from_dict(i) for i in comp.inputs], [TensorSpec.from_dict(o) for o in comp.outputs]
     if side.backend == "onnx":  # workers sleep after a call instead of spinning into the next side's call
-        session = OnnxSession(bundle.path / comp.path, threads, allow_spinning=False)
+        session = OnnxSession(bundle.file(comp.path), threads, allow_spinning=False)
     else:
-        session = BACKENDS[side.backend](bundle.path / comp.path, inputs, outputs, threads)
+        session = BACKENDS[side.backend](bundle.file(comp.path), inputs, outputs, threads)
     dims = Dims.from_bundle(bundle, side.backend)
     fixed = session.fixed_batch  # an ExecuTorch program runs only at its static batch
     return {b: (lambda feeds=get_role(role).fixed_inputs(dims, b): session.run(feeds))

@@ -32,6 +32,7 @@ from pocketdiff.export.components import component_specs
 from pocketdiff.export.roles import Dims, bench_cases, get_role
 from pocketdiff.pipedir import StageRecord, inspect_pipeline, load_pipeline, write_pipeline
 from pocketdiff.runtime.bundle import load_bundle
+from pocketdiff.runtime.signing import public_key_hex
 
 BACKENDS = ("torch", "onnx", "executorch")
 
@@ -162,8 +163,10 @@ def arch_sources(arch: str, backend: str, resolution: int | None, cache_dir: str
 
 
 def bench_components(source: str | Path, backend: str, threads: int = 2, warmup: int = 3, repeat: int = 10,
-                     peak_gflops: float | None = None, progress=None, pipeline_dir: str | Path | None = None) -> dict:
-    """Benchmark every component of ``source`` (pipeline folder for torch, bundle for onnx/executorch).
+                     peak_gflops: float | None = None, progress=None, pipeline_dir: str | Path | None = None,
+                     trusted_key=None) -> dict:
+    """Benchmark every component of ``source`` (pipeline folder for torch, bundle for onnx/executorch; its
+    manifest's signature checked with ``trusted_key`` when given, here and in every child).
 
     FLOPs need the torch models' configs: the pipeline folder itself for torch, ``pipeline_dir``
     (if given) for a bundle."""
@@ -175,7 +178,7 @@ def bench_components(source: str | Path, backend: str, threads: int = 2, warmup:
         pipeline_dir = source
         cases = bench_cases()
     else:
-        bundle = load_bundle(source)
+        bundle = load_bundle(source, trusted_key=trusted_key)
         bundle.component("unet", backend)  # error early if the bundle lacks this backend
         have = {c.role: c.inputs[0]["shape"][0] for c in bundle.components if c.target == backend}
         cases = [(r, b) for r, b in bench_cases(have) if not isinstance(have[r], int) or have[r] == b]
@@ -186,7 +189,7 @@ def bench_components(source: str | Path, backend: str, threads: int = 2, warmup:
     for i, (role, batch) in enumerate(cases):
         worker = "pocketdiff.benchmarks.components" if backend == "torch" else "pocketdiff.benchmarks.session_worker"
         cmd = [sys.executable, "-m", worker, str(source), backend, role, str(batch), str(threads), str(warmup),
-               str(repeat)]
+               str(repeat), public_key_hex(trusted_key) if trusted_key is not None else ""]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         if proc.returncode != 0:
             raise PocketdiffError(f"benchmark of {role} (batch {batch}) on {backend} failed: "

@@ -21,8 +21,8 @@ from pathlib import Path
 from pocketdiff.benchmarks.quality import evaluate_source
 from pocketdiff.errors import PocketdiffError
 from pocketdiff.generate import GenerateConfig
+from pocketdiff.pinned import pinned_defaults
 from pocketdiff.pipedir import atomic_output_file
-from pocketdiff.runtime.bundle import load_bundle
 
 METRICS = ("fid", "clip_score", "attribute_accuracy", "accuracy_heldout", "accuracy_rephrased")
 BOUNDS = ("min", "max")
@@ -80,13 +80,13 @@ def table(checks: list[Check]) -> str:
 
 
 def regress(bundle: str | Path, baseline_path: str | Path, eval_models: str | Path | None = None,
-            out: str | Path | None = None) -> tuple[bool, list[Check], dict]:
-    """Evaluate ``bundle`` as the baseline says; (passed, checks, eval result)."""
+            out: str | Path | None = None, trusted_key=None) -> tuple[bool, list[Check], dict]:
+    """Evaluate ``bundle`` as the baseline says (its signature checked with ``trusted_key`` when given);
+    (passed, checks, eval result)."""
     b = load_baseline(baseline_path)
-    manifest = load_bundle(bundle, verify=False).manifest  # the sampler below verifies the checksums once
-    steps = b.get("steps") or manifest["defaults"]["steps"]
+    steps = b.get("steps") or pinned_defaults(bundle=bundle).steps  # the sampler verifies the checksums once
     cfg = GenerateConfig(prompt="", steps=steps, guidance=b["guidance"], seed=b["seed"]).validate()
-    result, _ = evaluate_source(cfg, b["prompts"], b["n"], eval_models, bundle_dir=bundle)
+    result, _ = evaluate_source(cfg, b["prompts"], b["n"], eval_models, bundle_dir=bundle, trusted_key=trusted_key)
     checks = check(metric_values(result), b)
     if out is not None:
         with atomic_output_file(out) as tmp:

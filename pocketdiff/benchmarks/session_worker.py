@@ -16,6 +16,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
 from pocketdiff.benchmarks.latency import measure
 from pocketdiff.export.roles import Dims, get_role
 from pocketdiff.runtime.bundle import load_bundle
@@ -52,14 +54,16 @@ def time_component(load: Callable[[], Callable[[], object]], warmup: int, repeat
             **stats.to_dict(), "rss_before_load_mb": rss_start, "peak_rss_mb": peak_rss_mb()}
 
 
-def session_worker(source: str, backend: str, role: str, batch: int, threads: int, warmup: int, repeat: int) -> dict:
+def session_worker(source: str, backend: str, role: str, batch: int, threads: int, warmup: int, repeat: int,
+                   trusted_key_hex: str = "") -> dict:
     if backend == "executorch":  # imports are not part of the cold start
         import executorch.runtime  # noqa: F401
+    key = Ed25519PublicKey.from_public_bytes(bytes.fromhex(trusted_key_hex)) if trusted_key_hex else None
 
     def load():
-        bundle = load_bundle(source)
+        bundle = load_bundle(source, trusted_key=key)
         comp = bundle.component(role, backend)
-        session = BACKENDS[backend](bundle.path / comp.path, [TensorSpec.from_dict(i) for i in comp.inputs],
+        session = BACKENDS[backend](bundle.file(comp.path), [TensorSpec.from_dict(i) for i in comp.inputs],
                                     [TensorSpec.from_dict(o) for o in comp.outputs], threads)
         feeds = get_role(role).fixed_inputs(Dims.from_bundle(bundle, backend), batch)
         return lambda: session.run(feeds)
@@ -68,6 +72,6 @@ def session_worker(source: str, backend: str, role: str, batch: int, threads: in
 
 
 if __name__ == "__main__":
-    src, be, role_, batch_, threads_, warmup_, repeat_ = sys.argv[1:8]
+    src, be, role_, batch_, threads_, warmup_, repeat_, key_ = sys.argv[1:9]
     sys.stdout.write(json.dumps(session_worker(src, be, role_, int(batch_), int(threads_), int(warmup_),
-                                               int(repeat_))) + "\n")
+                                               int(repeat_), key_)) + "\n")

@@ -13,7 +13,7 @@ from pocketdiff.benchmarks.components import BACKENDS as BENCH_BACKENDS
 from pocketdiff.benchmarks.components import arch_sources, bench_components
 from pocketdiff.benchmarks.latency import machine_info
 from pocketdiff.benchmarks.report import read_bench_results, write_bench_report
-from pocketdiff.cli.common import Parser, Progress, write_json
+from pocketdiff.cli.common import Parser, Progress, add_trusted_key, trusted_key, write_json
 from pocketdiff.errors import PocketdiffError, choice_error
 from pocketdiff.pipedir import load_pipeline
 
@@ -55,7 +55,7 @@ def _cmd_bench(args) -> int:
         return _bench_adb(args, source)
     with Progress("benchmarking", "case", args.no_progress) as progress:
         result = bench_components(source, args.backend, args.threads, args.warmup, args.repeat,
-                                  args.peak_gflops, progress, pipeline_dir)
+                                  args.peak_gflops, progress, pipeline_dir, trusted_key(args, args.bundle))
     print(f"{'component':<13}{'batch':>5}{'median ms':>11}{'min':>9}{'max':>9}{'cold s':>8}{'peak RSS MB':>12}"
           f"{'GMACs':>9}{'GFLOP/s':>9}{'of peak':>9}")
     for r in result["components"]:
@@ -124,7 +124,9 @@ def _cmd_bench_report(args) -> int:
 def _cmd_bench_compare(args) -> int:
     _check_bench_args(args)
     names = side_names(len(args.sides))
-    sides = [parse_side(text) for text in args.sides]
+    bundles = [t.partition("bundle=")[2].split(",")[0] for t in args.sides if "bundle=" in t]
+    key = trusted_key(args, ", ".join(bundles))
+    sides = [parse_side(text, key) for text in args.sides]
     with Progress("comparing", "component", args.no_progress) as progress:
         result = compare(sides, args.threads, args.warmup, args.repeat, progress, pairwise=args.pairwise,
                          components=tuple(args.components.split(",")) if args.components else None)
@@ -175,6 +177,7 @@ def add_commands(sub) -> None:
     b.add_argument("--json", default=None, help="write the results (with machine info) to this .json file")
     b.add_argument("--html", default=None, help="write an HTML report (latency bars, FLOPs, machine info)")
     b.add_argument("--no-progress", action="store_true")
+    add_trusted_key(b)
     b.set_defaults(func=_cmd_bench)
     b_sub = b.add_subparsers(dest="bench_command", parser_class=Parser)
     bc = b_sub.add_parser("compare", help="configurations side by side in one process, with ratios to the first")
@@ -193,6 +196,7 @@ def add_commands(sub) -> None:
     bc.add_argument("--pairwise", action="store_true",
                     help="alternate A with each other side in turn, one pair loaded at a time (large models)")
     bc.add_argument("--no-progress", action="store_true")
+    add_trusted_key(bc)
     bc.set_defaults(func=_cmd_bench_compare)
     bb = b_sub.add_parser("blocks", help="per-block UNet latency table (JSON keyed by target; schema-validated)")
     bsrc = bb.add_mutually_exclusive_group()

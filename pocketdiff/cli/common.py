@@ -23,6 +23,7 @@ from typing import Any
 
 from pocketdiff.errors import PocketdiffError
 from pocketdiff.pipedir import atomic_output_file
+from pocketdiff.runtime.signing import TRUSTED_KEY_ENV, load_public_key, public_key_hex, trusted_key_path
 
 
 class Parser(argparse.ArgumentParser):
@@ -142,3 +143,25 @@ def stage_parser(sub, name: str, help_text: str) -> argparse.ArgumentParser:
 
 def workdir_for(args) -> Path:
     return Path(args.workdir or f"{args.out}.work")
+
+
+def add_trusted_key(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--trusted-key", default=None,
+                        help=f"an Ed25519 public key file (pocketdiff keygen's KEY.pub): a bundle must be signed by "
+                             f"it (default: ${TRUSTED_KEY_ENV}; without either, signatures are not checked)")
+
+
+def trusted_key(args, bundle) -> Any:
+    """The public key a bundle must be signed with (``--trusted-key``, else ``$POCKETDIFF_TRUSTED_KEY``), or None
+    (then one line on stderr says the bundle's signature is not checked). None without a bundle."""
+    if not bundle:
+        return None
+    path = trusted_key_path(getattr(args, "trusted_key", None))
+    if path is None:
+        sys.stderr.write(f"note: bundle {bundle} is unverified: no --trusted-key (or ${TRUSTED_KEY_ENV}), so its "
+                         "signature is not checked (its files' checksums are)\n")
+        return None
+    key = load_public_key(path)
+    sys.stderr.write(f"bundle {bundle}: its manifest must be signed by {public_key_hex(key)[:16]}... ({path})\n")
+    return key
+

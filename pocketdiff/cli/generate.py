@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pocketdiff.architectures.factory import ARCHITECTURES, build_pipeline, get_architecture
 from pocketdiff.benchmarks.quality import check_real_eval_inputs, eval_grid, evaluate_source, write_report
-from pocketdiff.cli.common import Progress, add_config_args, check_suffix, config_from_args
+from pocketdiff.cli.common import Progress, add_config_args, add_trusted_key, check_suffix, config_from_args, trusted_key
 from pocketdiff.export.bundle import TARGETS, ExportConfig, write_bundle
 from pocketdiff.generate import (GenerateConfig, check_png_path, generate_runtime, generate_torch,
                                  runtime_from_onnx_folder, save_png)
@@ -20,6 +20,7 @@ from pocketdiff.pinned import pinned_defaults, trained_steps
 from pocketdiff.pipedir import StageRecord, atomic_output_dir, write_history
 from pocketdiff.runtime.sampler import RuntimePipeline
 from pocketdiff.runtime.schedulers import SCHEDULERS
+from pocketdiff.runtime.signing import keygen, load_private_key, public_key_hex
 from pocketdiff.runtime.sessions import BACKENDS
 from pocketdiff.toyworld import TOY_TEACHER_DIR
 
@@ -37,15 +38,25 @@ def _cmd_create(args) -> int:
 def _cmd_export(args) -> int:
     steps = pinned_defaults(pipeline=args.pipeline).resolve(args.steps, None)[0]
     config = config_from_args(ExportConfig, args, steps=steps).validate()
+    key = load_private_key(args.sign_key) if args.sign_key else None
     with Progress("exporting", "component", args.no_progress) as progress:
-        out = write_bundle(args.pipeline, args.out, config, overwrite=args.force, progress=progress)
+        out = write_bundle(args.pipeline, args.out, config, overwrite=args.force, progress=progress, sign_key=key)
     manifest = json.loads((Path(out) / "manifest.json").read_text())
     for c in manifest["components"]:
         worst = min((r["psnr_db"] for runs in (c["parity"] or {}).values() for r in runs.values()), default=None)
         parity = f"parity PSNR >= {worst:.1f} dB" if worst is not None else c["meta"].get("parity", "no parity")
         quant = "+" + c["quantization"] if c["quantization"] else ""
         print(f"  {c['target']:<10} {c['role']:<12} {c['precision']}{quant}  {parity}")
-    print(f"wrote bundle ({', '.join(config.targets)}) to {out}; sampler policy {manifest['sampler']['policy']}")
+    signed = f"signed by {public_key_hex(key.public_key())[:16]}..." if key else "unsigned"
+    print(f"wrote bundle ({', '.join(config.targets)}) to {out}; sampler policy {manifest['sampler']['policy']}; "
+          f"{signed}")
+    return 0
+
+
+def _cmd_keygen(args) -> int:
+    private, public = keygen(args.out)
+    print(f"wrote the private key {private} (keep it secret; export --sign-key {private}) and the public key "
+          f"{public} (generate/eval/bench/regress --trusted-key {public})")
     return 0
 
 
@@ -71,9 +82,12 @@ def _cmd_generate(args) -> int:
                       f"at {cfg.steps} steps leaves its training grid", file=sys.stderr)
             result = generate_torch(args.pipeline, cfg, callback=progress)
         elif args.bundle:
-            runtime = RuntimePipeline.from_bundle(args.bundle, backend=args.backend, threads=args.threads)
+            runtime = RuntimePipeline.from_bundle(args.bundle, backend=args.backend, threads=args.threads,
+                                                  trusted_key=trusted_key(args, args.bundle))
             result = generate_runtime(runtime, cfg, callback=progress)
         else:
+            print(f"note: {args.onnx} is a bare ONNX folder: it carries no checksums or signature, so nothing in it "
+                  "is verified (a bundle's manifest is: use --bundle)", file=sys.stderr)
             result = generate_runtime(runtime_from_onnx_folder(args.onnx, threads=args.threads), cfg,
                                       callback=progress)
     save_png(result.image, args.out)
@@ -97,7 +111,8 @@ def _cmd_eval(args) -> int:
             if args.captions else None)
     with Progress("generating", "img", args.no_progress) as progress:
         result, images = evaluate_source(cfg, args.prompts, args.n, args.eval_models, real, pipeline_dir=args.pipeline,
-                                         onnx_dir=args.onnx, bundle_dir=args.bundle, callback=progress)
+                                         onnx_dir=args.onnx, bundle_dir=args.bundle, callback=progress,
+                                         trusted_key=trusted_key(args, args.bundle))
     write_report(result, args.out, eval_grid(images))
     if real is not None:
         print(f"FID (Inception) {result['fid_inception']:.2f}  CLIP {result['clip_score']:.2f} -> {args.out}")
@@ -131,9 +146,15 @@ def add_commands(sub) -> None:
     add_config_args(e, ExportConfig, skip=("steps",))
     e.add_argument("--steps", type=int, default=None, help="default step count pinned in the manifest (default: "
                                                          "the steps a distill-steps student was trained for, else 25)")
+    e.add_argument("--sign-key", default=None, help="an Ed25519 private key (pocketdiff keygen): also write "
+                                                     "manifest.json.sig, its signature over the manifest's bytes")
     e.add_argument("--force", action="store_true", help="replace an existing output folder")
     e.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     e.set_defaults(func=_cmd_export)
+
+    k = sub.add_parser("keygen", help="a new Ed25519 key pair for signing bundles: KEY (private) and KEY.pub")
+    k.add_argument("--out", required=True, help="private key file to write (the public key goes to OUT.pub)")
+    k.set_defaults(func=_cmd_keygen)
 
     g = sub.add_parser("generate", help="generate one image from a prompt")
     _sources(g, "torch path", "torch-free runtime; checksums verified first")
@@ -152,6 +173,7 @@ def add_commands(sub) -> None:
     g.add_argument("--threads", type=int, default=None, help="runtime threads (default: all cores)")
     g.add_argument("--json", action="store_true", help="also print config, timings and the call trace as JSON")
     g.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    add_trusted_key(g)
     g.set_defaults(func=_cmd_generate)
 
     ev = sub.add_parser("eval", help="FID, CLIP score and attribute accuracy on a toy prompt set")
@@ -172,4 +194,5 @@ def add_commands(sub) -> None:
     real.add_argument("--clip-model", help="local transformers CLIP folder for CLIP score")
     real.add_argument("--inception-weights", help="torch-fidelity's weights-inception-2015-12-05-6726825d.pth")
     ev.add_argument("--no-progress", action="store_true")
+    add_trusted_key(ev)
     ev.set_defaults(func=_cmd_eval)

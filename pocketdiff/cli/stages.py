@@ -12,7 +12,8 @@ from pathlib import Path
 
 from pocketdiff.benchmarks.regress import regress, table
 from pocketdiff.build import build, load_recipe
-from pocketdiff.cli.common import add_config_args, config_from_args, stage_parser, workdir_for
+from pocketdiff.cli.common import (add_config_args, add_trusted_key, config_from_args, stage_parser, trusted_key,
+                                   workdir_for)
 from pocketdiff.distill.decoder import DecoderDistillConfig, distill_decoder
 from pocketdiff.distill.evolution import EvolveConfig, evolve
 from pocketdiff.distill.kd import KDTrainConfig
@@ -102,7 +103,8 @@ def _cmd_build(args) -> int:
 
 
 def _cmd_regress(args) -> int:
-    passed, checks, _ = regress(args.bundle, args.baseline, args.eval_models, args.json)
+    passed, checks, _ = regress(args.bundle, args.baseline, args.eval_models, args.json,
+                                trusted_key=trusted_key(args, args.bundle))
     print(table(checks))
     print("quality gate: " + ("passed" if passed else f"FAILED ({sum(not c.ok for c in checks)} regressed)"))
     return 0 if passed else 1
@@ -138,4 +140,5 @@ def add_commands(sub) -> None:
     rg.add_argument("--baseline", required=True, help="baseline JSON (benchmarks/baselines/*.json)")
     rg.add_argument("--eval-models", default=None, help="toy eval models folder (default: the shipped toy teacher)")
     rg.add_argument("--json", default=None, help="also write the evaluation and checks here")
+    add_trusted_key(rg)
     rg.set_defaults(func=_cmd_regress)

@@ -37,10 +37,11 @@ from pocketdiff.export.components import guidance_embed_dim
 from pocketdiff.export.torch_session import default_policy, torch_runtime
 from pocketdiff.pinned import pinned_defaults
 from pocketdiff.pipedir import atomic_output_dir, inspect_pipeline, load_pipeline, package_versions
-from pocketdiff.runtime.bundle import FORMAT_VERSION, MANIFEST, sha256_file
+from pocketdiff.runtime.bundle import FORMAT_VERSION, MANIFEST, SIGNATURE_FILE, sha256_file
 from pocketdiff.runtime.rng import initial_latents
 from pocketdiff.runtime.sampler import check_generation_args
 from pocketdiff.runtime.schedulers import get_scheduler_entry, scheduler_from_config, scheduler_name_for
+from pocketdiff.runtime.signing import sign
 from pocketdiff.runtime.tokenizer import CLIPBPETokenizer
 
 log = logging.getLogger(__name__)
@@ -151,8 +152,9 @@ def _test_vectors(pipe, tokenizer_dir: Path, sched_cfg: dict, latent_shape: tupl
 
 
 def write_bundle(pipeline_dir: str | Path, out_dir: str | Path, config: ExportConfig | None = None,
-                 overwrite: bool = False, progress: ProgressCallback | None = None) -> Path:
-    """Export ``pipeline_dir`` to an app bundle at ``out_dir`` (layout in the module docstring).
+                 overwrite: bool = False, progress: ProgressCallback | None = None, sign_key=None) -> Path:
+    """Export ``pipeline_dir`` to an app bundle at ``out_dir`` (layout in the module docstring); with
+    ``sign_key`` (an Ed25519 private key) also ``manifest.json.sig``, its signature over the manifest's bytes.
 
     Every bad input (unknown target/precision/quantisation, a pipeline missing a component, an
     existing ``out_dir`` without ``overwrite``) raises before anything is written; a parity failure
@@ -207,6 +209,8 @@ def write_bundle(pipeline_dir: str | Path, out_dir: str | Path, config: ExportCo
         }
         jsonschema.validate(manifest, json.loads(SCHEMA.read_text()))
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        if sign_key is not None:  # over the exact bytes just written (runtime/signing.py)
+            (tmp / SIGNATURE_FILE).write_text(sign((tmp / MANIFEST).read_bytes(), sign_key), encoding="ascii")
         if progress:
             progress(total, total)
     return Path(out_dir)

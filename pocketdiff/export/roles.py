@@ -19,9 +19,7 @@ and their torch wrappers in ``export/components.py``. This module imports no tor
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -81,7 +79,7 @@ class Dims:
         c, s, _ = m["model"]["latent_shape"]
         unet = {i["name"]: i["shape"] for i in bundle.component("unet", target).inputs}
         hidden = unet["encoder_hidden_states"]
-        vocab = len(json.loads((Path(bundle.path) / m["tokenizer"]["vocab"]).read_text(encoding="utf-8")))
+        vocab = len(bundle.tokenizer().encoder)
         w = unet.get("timestep_cond", [None])[-1]
         d = hidden[1] if len(hidden) == 4 else hidden[-1]  # Core ML's apple layout is [B, D, 1, 77]
         return cls(c, s, d, vocab, m["model"]["image_size"][0], w)

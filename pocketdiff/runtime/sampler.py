@@ -98,22 +98,23 @@ class RuntimePipeline:
 
     @classmethod
     def from_bundle(cls, path: str | Path, backend: str = "onnx", threads: int | None = None,
-                    policy: StepPolicy | None = None) -> "RuntimePipeline":
-        """Load an app bundle's components for ``backend``; checksums are verified before any session opens.
-        ``policy`` replaces the manifest's (a bench or test of another policy on the same models)."""
+                    policy: StepPolicy | None = None, trusted_key=None) -> "RuntimePipeline":
+        """Load an app bundle's components for ``backend``; the manifest (its signature, with a ``trusted_key``:
+        an Ed25519 public key) and every file's checksum are verified before any session opens. ``policy``
+        replaces the manifest's (a bench or test of another policy on the same models)."""
         if backend not in BACKENDS:
             raise choice_error("backend", backend, BACKENDS)
-        bundle = load_bundle(path, verify=True)
+        bundle = load_bundle(path, verify=True, trusted_key=trusted_key)
         m = bundle.manifest
+        scheduler_from_config(m["scheduler"]["config"])  # a bad scheduler config fails before any session opens
         unet = bundle.component("unet", backend)
         policy = policy or policy_for(m.get("sampler"), [i["name"] for i in unet.inputs])
         sessions = {}
         for role in (TEXT_ENCODER, *policy.roles(), VAE_DECODER):
             c = bundle.component(role, backend)
-            sessions[role] = BACKENDS[backend](bundle.path / c.path, [TensorSpec.from_dict(i) for i in c.inputs],
+            sessions[role] = BACKENDS[backend](bundle.file(c.path), [TensorSpec.from_dict(i) for i in c.inputs],
                                                [TensorSpec.from_dict(o) for o in c.outputs], threads)
-        tok_dir = bundle.path / Path(m["tokenizer"]["vocab"]).parent
-        return cls(CLIPBPETokenizer.from_dir(tok_dir), sessions, m["scheduler"]["config"],
+        return cls(bundle.tokenizer(), sessions, m["scheduler"]["config"],
                    tuple(m["model"]["latent_shape"]), m["model"]["latent_scale_factor"], policy)
 
     def with_sessions(self, sessions: Mapping[str, Session], policy: StepPolicy | None = None) -> "RuntimePipeline":

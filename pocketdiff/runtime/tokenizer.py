@@ -152,15 +152,30 @@ class CLIPBPETokenizer:
         for name in ("vocab.json", "merges.txt"):
             if not (path / name).is_file():
                 raise PocketdiffError(f"tokenizer folder {path} has no {name}")
-        vocab = json.loads((path / "vocab.json").read_text(encoding="utf-8"))
-        lines = (path / "merges.txt").read_text(encoding="utf-8").strip().split("\n")
+        special = path / "special_tokens_map.json"
+        return cls.from_files(path / "vocab.json", path / "merges.txt", special if special.is_file() else None)
+
+    @classmethod
+    def from_files(cls, vocab_file: Path, merges_file: Path, special_file: Path | None = None) -> "CLIPBPETokenizer":
+        """The tokenizer from its files, each checked: a vocab object of token -> non-negative int id, merge lines
+        of two symbols, a pad token that is a string; anything else is one error naming the file."""
+        try:
+            vocab = json.loads(Path(vocab_file).read_text(encoding="utf-8"))
+            lines = Path(merges_file).read_text(encoding="utf-8").strip().split("\n")
+            entry = json.loads(Path(special_file).read_text(encoding="utf-8")).get("pad_token", EOS) \
+                if special_file is not None else EOS
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError) as exc:
+            raise PocketdiffError(f"cannot read the tokenizer ({vocab_file.parent}): {exc}") from None
+        if not isinstance(vocab, dict) or not all(isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool)
+                                                  and v >= 0 for k, v in vocab.items()):
+            raise PocketdiffError(f"tokenizer vocab {vocab_file} must be an object of token -> id (an integer >= 0)")
         # Same slice as transformers: skip the '#version' line, at most 49152 - 256 - 2 merges.
         merges = [tuple(line.split()) for line in lines[1 : 49152 - 256 - 2 + 1]]
-        pad = EOS
-        special = path / "special_tokens_map.json"
-        if special.is_file():
-            entry = json.loads(special.read_text(encoding="utf-8")).get("pad_token", EOS)
-            pad = entry["content"] if isinstance(entry, dict) else entry
+        if any(len(m) != 2 for m in merges):
+            raise PocketdiffError(f"tokenizer merges {merges_file}: every line after the first must be two symbols")
+        pad = entry.get("content") if isinstance(entry, dict) else entry
+        if not isinstance(pad, str):
+            raise PocketdiffError(f"tokenizer {special_file}: pad_token must be a string, got {pad!r}")
         return cls(vocab, merges, pad_token=pad)
 
     def bpe(self, piece: str) -> list[str]:
