@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pocketdiff.errors import PocketdiffError, choice_error
+from pocketdiff.pipedir import TRAIN_LOG
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +80,40 @@ class LoopConfig:
         if self.steps < 0 or self.checkpoint_every < 1 or self.log_every < 1:
             raise PocketdiffError(f"bad loop config {self}: steps >= 0, checkpoint_every >= 1, log_every >= 1")
         check_ema_decay(self.ema_decay)
+
+
+META = "pocketdiff_loop.json"  # written last into a checkpoint folder: a folder with it is complete
+
+
+def recover_checkpoint(workdir: Path) -> None:
+    """After a kill, leave ``workdir/checkpoint`` as the newest complete checkpoint. ``save`` writes the new one
+    to ``checkpoint.tmp`` (its meta file last), moves the current one to ``checkpoint.old``, renames the new one
+    into place, then deletes the old: killed in between, ``checkpoint`` is missing and ``checkpoint.old`` is the
+    last complete one, so it is moved back; a half-written ``checkpoint.tmp`` is discarded by the next save."""
+    ckpt, old = workdir / "checkpoint", workdir / "checkpoint.old"
+    if not (ckpt / META).is_file() and (old / META).is_file():
+        shutil.rmtree(ckpt, ignore_errors=True)
+        old.rename(ckpt)
+        log.info("%s: recovered the checkpoint a kill left as checkpoint.old", workdir)
+    elif (ckpt / META).is_file():
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def truncate_log(path: Path, step: int) -> None:
+    """Keep the rows of ``path`` (``log.jsonl``) up to ``step``, atomically; a torn last line is dropped."""
+    if not path.is_file():
+        return
+    keep = []
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by the kill
+            continue
+        if row.get("step", 0) <= step:
+            keep.append(line)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(f"{line}\n" for line in keep))
+    tmp.replace(path)
 
 
 def config_hash(config: Any) -> str:
@@ -135,9 +170,12 @@ def train(workdir: str | Path, models: list, optimizer, batch_fn: Callable[[int]
 
         ema = EMAModel(params, decay=loop.ema_decay)
         acc.register_for_checkpointing(ema)  # before load_state, so a resumed run restores the average
-    ckpt, meta_file = workdir / "checkpoint", workdir / "checkpoint" / "pocketdiff_loop.json"
+    ckpt, meta_file = workdir / "checkpoint", workdir / "checkpoint" / META
     want_hash = config_hash(job_config)
     start, previous_wall = 0, 0.0
+    if main:
+        recover_checkpoint(workdir)
+    acc.wait_for_everyone()
     if meta_file.is_file():
         meta = json.loads(meta_file.read_text())
         if meta["config_hash"] != want_hash:
@@ -147,13 +185,15 @@ def train(workdir: str | Path, models: list, optimizer, batch_fn: Callable[[int]
             )
         acc.load_state(str(ckpt))
         start, previous_wall = meta["step"], meta.get("wall_time_s", 0.0)
+        if main:  # rows logged after this checkpoint (a run killed between checkpoints) are logged again
+            truncate_log(workdir / TRAIN_LOG, start)
         log.info("%s: resuming from step %d", name, start)
     elif main:
-        (workdir / "log.jsonl").unlink(missing_ok=True)
+        (workdir / TRAIN_LOG).unlink(missing_ok=True)
     acc.wait_for_everyone()  # no process starts on a log or checkpoint the main process is replacing
 
     def save(step: int) -> None:
-        tmp = workdir / "checkpoint.tmp"
+        tmp, old = workdir / "checkpoint.tmp", workdir / "checkpoint.old"
         if main:
             shutil.rmtree(tmp, ignore_errors=True)
         acc.wait_for_everyone()
@@ -161,10 +201,11 @@ def train(workdir: str | Path, models: list, optimizer, batch_fn: Callable[[int]
         acc.wait_for_everyone()
         if main:
             wall = previous_wall + time.perf_counter() - t0  # cumulative over resumed runs
-            (tmp / "pocketdiff_loop.json").write_text(json.dumps({"step": step, "config_hash": want_hash,
-                                                                  "wall_time_s": wall}))
-            shutil.rmtree(ckpt, ignore_errors=True)
+            (tmp / META).write_text(json.dumps({"step": step, "config_hash": want_hash, "wall_time_s": wall}))
+            if ckpt.is_dir():  # the previous checkpoint stays until the new one is in place
+                ckpt.rename(old)
             tmp.rename(ckpt)
+            shutil.rmtree(old, ignore_errors=True)
         acc.wait_for_everyone()
 
     for m in models:
@@ -173,7 +214,7 @@ def train(workdir: str | Path, models: list, optimizer, batch_fn: Callable[[int]
     bar = tqdm(total=loop.steps, initial=start, desc=name, disable=not loop.progress or not main)
     step = start
     sums: dict[str, float] = {}  # each term summed over the steps since the last log row
-    with open(workdir / "log.jsonl", "a") if main else contextlib.nullcontext() as logf:
+    with open(workdir / TRAIN_LOG, "a") if main else contextlib.nullcontext() as logf:
         while step < loop.steps:
             # batch_fn's index seeds the batch: one process sees the batches of steps 0, 1, 2, ...; with N
             # processes, process r sees N*step + r, so each trains on its own share of a global batch N x batch

@@ -5,10 +5,12 @@ deliberately degraded bundle."""
 import json
 import re
 
+import numpy as np
 import pytest
 
 from pocketdiff.build import build, load_recipe, stages
 from pocketdiff.errors import PocketdiffError
+from pocketdiff.pipedir import read_train_log
 
 TINY = """
 stages = ["slim", "decoder", "steps", "export", "eval", "report"]
@@ -238,3 +240,63 @@ def test_a_stage_declared_outside_build_py_runs_from_a_recipe(tiny_pipeline_dir,
         unregister_stage("echo")
     with pytest.raises(PocketdiffError, match="unknown build stage 'echo'"):
         load_recipe(_recipe(tmp_path, 'stages = ["echo"]', "gone.toml"))
+
+
+KILLABLE = """
+stages = ["decoder", "steps"]
+[decoder]
+kind = "tiny"
+tiny_channels = 8
+tiny_blocks = 1
+steps = 12
+batch_size = 2
+perceptual = "none"
+n_generated = 4
+gen_steps = 2
+gen_batch = 4
+n_encoded = 4
+guidance = 2.0
+checkpoint_every = 1
+[steps]
+teacher = "original"
+[steps.distill]
+start_steps = 4
+rounds = 1
+iters = 12
+batch_size = 2
+pool_size = 8
+w_min = 1.5
+w_max = 3.0
+checkpoint_every = 1
+"""
+
+
+def test_build_survives_real_kills(tiny_pipeline_dir, tmp_path):
+    """`pocketdiff build` SIGKILLed in the decoder stage and again in the steps stage, then rerun: the decoder's
+    and the student's weights equal an uninterrupted build's (both in subprocesses, alike), and no training
+    log has a step twice."""
+    import subprocess
+    import sys
+
+    from safetensors.numpy import load_file
+    from test_loop import _run_until
+
+    recipe = _recipe(tmp_path, KILLABLE)
+
+    def cmd(out):
+        return [sys.executable, "-m", "pocketdiff.cli", "build", "--teacher", str(tiny_pipeline_dir), "--recipe",
+                str(recipe), "--out", str(out), "--no-progress"]
+
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run(cmd(straight), check=True, capture_output=True)
+    at = _run_until(cmd(killed), killed / "decoder.work" / "train" / "checkpoint" / "pocketdiff_loop.json", 5)
+    assert 5 <= at < 12  # killed mid-stage
+    at = _run_until(cmd(killed), killed / "steps.work" / "round1" / "train" / "checkpoint" / "pocketdiff_loop.json", 6)
+    assert 6 <= at < 12 and json.loads((killed / "build.json").read_text())["stages"]["steps"]["status"] == "running"
+    subprocess.run(cmd(killed), check=True, capture_output=True)
+    for part in ("decoder/vae", "steps/unet"):
+        a, b = (load_file(str(d / part / "diffusion_pytorch_model.safetensors")) for d in (straight, killed))
+        assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a), part
+    for log in ("decoder.work/train", "steps.work/round1/train"):
+        steps = [r["step"] for r in read_train_log(killed / log)]
+        assert steps == sorted(set(steps)) and steps == [r["step"] for r in read_train_log(straight / log)], log

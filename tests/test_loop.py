@@ -1,9 +1,16 @@
 import json
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
-from pocketdiff.loop import Interrupted, LoopConfig, train
+from pocketdiff.loop import Interrupted, LoopConfig, recover_checkpoint, train, truncate_log
 from pocketdiff.pipedir import read_train_log
 from pocketdiff.errors import PocketdiffError
 
@@ -128,3 +135,55 @@ def test_log_rows_are_means_over_their_interval(tmp_path):
     assert log[0]["loss"] == pytest.approx(sum(seen[0:5]) / 5)
     assert log[1]["loss"] == pytest.approx(sum(seen[7:10]) / 3)  # resumed at 7: steps 8-10 of this run
     assert log[2]["loss"] == pytest.approx(sum(seen[10:12]) / 2)
+
+
+def _run_until(cmd, checkpoint_meta: Path, at_step: int, timeout: float = 120):
+    """Start ``cmd``, and SIGKILL it once its checkpoint reaches ``at_step`` (wherever it is then: training,
+    saving, swapping checkpoints). Returns the step the kill was sent at."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        try:
+            step = json.loads(checkpoint_meta.read_text())["step"]
+        except (OSError, ValueError, KeyError):
+            step = -1
+        if step >= at_step or proc.poll() is not None:
+            break
+        time.sleep(0.002)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return step
+
+
+def test_training_survives_real_kills(tmp_path):
+    """Killed with SIGKILL three times (a checkpoint every step, so most kills land inside a checkpoint's write
+    or swap), resumed each time: the final weights equal an uninterrupted run's, and no log step appears twice."""
+    script = [sys.executable, str(Path(__file__).with_name("killable_job.py"))]
+    subprocess.run(script + [str(tmp_path / "straight")], check=True)
+    killed = tmp_path / "killed"
+    for at in (20, 90, 200):
+        _run_until(script + [str(killed)], killed / "checkpoint" / "pocketdiff_loop.json", at)
+    subprocess.run(script + [str(killed)], check=True)
+    assert json.loads((killed / "summary.json").read_text())["resumed_from"] >= 200  # resumed, not restarted
+    np.testing.assert_array_equal(np.load(killed / "final.npy"), np.load(tmp_path / "straight" / "final.npy"))
+    steps = [r["step"] for r in read_train_log(killed)]
+    assert steps == sorted(set(steps)) and steps[-1] == 300
+    assert [r["step"] for r in read_train_log(tmp_path / "straight")] == steps
+
+
+def test_a_kill_between_checkpoint_renames_resumes_from_the_last_complete_one(tmp_path):
+    """The states a kill can leave inside ``save``: the new checkpoint half-written (checkpoint.tmp), the current
+    one moved aside before the new one is renamed in (checkpoint.old only), both complete."""
+    _job(tmp_path, 8)
+    ckpt, old, tmp = tmp_path / "checkpoint", tmp_path / "checkpoint.old", tmp_path / "checkpoint.tmp"
+    ckpt.rename(old)  # killed between moving the current checkpoint aside and renaming the new one in
+    tmp.mkdir()  # with a half-written new one
+    recover_checkpoint(tmp_path)
+    assert json.loads((ckpt / "pocketdiff_loop.json").read_text())["step"] == 8 and not old.exists()
+    shutil.copytree(ckpt, old)  # killed after the rename, before the old one was deleted
+    recover_checkpoint(tmp_path)
+    assert ckpt.is_dir() and not old.exists()
+    log = tmp_path / "log.jsonl"
+    log.write_text('{"step": 4, "loss": 1}\n{"step": 8, "loss": 2}\n{"step": 12, "lo')  # a torn last line
+    truncate_log(log, 8)
+    assert [json.loads(x)["step"] for x in log.read_text().splitlines()] == [4, 8]
