@@ -13,47 +13,43 @@ config dataclass and calls the library. A :class:`PocketdiffError` becomes a one
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 
-from pocketdiff.cli import bench, generate, stages, toy
+from pocketdiff import noise
 from pocketdiff.cli.common import Parser
 from pocketdiff.errors import PocketdiffError
 
 log = logging.getLogger("pocketdiff")
+# The command groups, imported by name in build_parser: after noise.quiet(), since their imports (torch,
+# diffusers, torchao, coremltools) are what print the known noise.
+GROUPS = ("pocketdiff.cli.generate", "pocketdiff.cli.bench", "pocketdiff.cli.stages", "pocketdiff.cli.toy")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = Parser(prog="pocketdiff", description="Make a Stable Diffusion 1.x checkpoint phone-ready.")
-    p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    p.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    p.add_argument("--debug", action="store_true", help="show tracebacks, and every third-party message")
+    p.add_argument("-v", "--verbose", action="store_true", help="log progress details, and show third-party "
+                                                                   "progress bars")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
-    for group in (generate, bench, stages, toy):
-        group.add_commands(sub)
+    for group in GROUPS:
+        importlib.import_module(group).add_commands(sub)
     return p
 
 
-class _DropKnownNoise(logging.Filter):
-    """diffusers warns at import that optimum and optimum-onnx share a package name (harmless, ENV.md)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return not record.getMessage().startswith("Multiple distributions found for package optimum")
-
-
 def main(argv: list[str] | None = None) -> int:
-    logging.getLogger("diffusers.utils.import_utils").addFilter(_DropKnownNoise())
-    # coremltools logs at WARNING that prediction is unavailable off macOS (known: export/coreml.py)
-    # and that tuples/int64 constants are converted; the exporter validates what matters.
-    logging.getLogger("coremltools").setLevel(logging.ERROR)
+    argv = sys.argv[1:] if argv is None else argv
+    # read before the parser is built: building it imports the groups, whose imports print the noise
+    if "--debug" not in argv:
+        noise.quiet(show_progress="-v" in argv or "--verbose" in argv)
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
-    try:
+    if not args.verbose and not args.debug:
         from diffusers.utils import logging as diffusers_logging
 
         diffusers_logging.disable_progress_bar()  # "Loading pipeline components" bars; we draw our own
-    except ImportError:
-        pass
     try:
         return args.func(args)
     except PocketdiffError as exc:

@@ -31,6 +31,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from pocketdiff import noise
 from pocketdiff.errors import PocketdiffError
 from pocketdiff.export.components import component_record, component_specs, guidance_embed_dim, tensor_spec
 from pocketdiff.export.parity import component_parity, parity_level
@@ -130,19 +131,20 @@ def convert(module: nn.Module, inputs: list[dict], outputs: list[dict], precisio
     example = tuple(torch.zeros(i["shape"]) for i in inputs)
     with torch.no_grad():
         traced = torch.jit.trace(module.eval(), example, check_trace=False)
-    model = ct.convert(
-        traced, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
-        inputs=[_tensor_type(i) for i in inputs],
-        outputs=[ct.TensorType(name=o["name"], dtype=np.float32) for o in outputs],
-        compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
-    )
-    if quantization:
-        # Only weights of the compute ops: other large constants (the text encoder's causal mask is
-        # float32-min, -inf in fp16) must stay exact, and k-means cannot cluster infinities.
-        op = (cto.OpLinearQuantizerConfig(mode="linear_symmetric") if quantization == "int8"
-              else cto.OpPalettizerConfig(nbits=int(quantization[-1]), mode="kmeans"))
-        config = cto.OptimizationConfig(op_type_configs={t: op for t in WEIGHT_OPS})
-        model = (cto.linear_quantize_weights if quantization == "int8" else cto.palettize_weights)(model, config)
+    with noise.third_party_bars():  # coremltools draws a bar per MIL pass pipeline (shown with --verbose)
+        model = ct.convert(
+            traced, convert_to="mlprogram", minimum_deployment_target=ct.target.iOS16,
+            inputs=[_tensor_type(i) for i in inputs],
+            outputs=[ct.TensorType(name=o["name"], dtype=np.float32) for o in outputs],
+            compute_precision=ct.precision.FLOAT16 if precision == "fp16" else ct.precision.FLOAT32,
+        )
+        if quantization:
+            # Only weights of the compute ops: other large constants (the text encoder's causal mask is
+            # float32-min, -inf in fp16) must stay exact, and k-means cannot cluster infinities.
+            op = (cto.OpLinearQuantizerConfig(mode="linear_symmetric") if quantization == "int8"
+                  else cto.OpPalettizerConfig(nbits=int(quantization[-1]), mode="kmeans"))
+            config = cto.OptimizationConfig(op_type_configs={t: op for t in WEIGHT_OPS})
+            model = (cto.linear_quantize_weights if quantization == "int8" else cto.palettize_weights)(model, config)
     return model
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import torch
 
+from pocketdiff import noise
 from pocketdiff.export.components import CastIO, component_record, component_specs, tensor_spec, xnnpack_friendly
 from pocketdiff.export.parity import component_parity, parity_level
 from pocketdiff.export.roles import ROLES
@@ -56,7 +57,7 @@ def export_program(module: torch.nn.Module, example: tuple, path: Path) -> dict:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    with torch.no_grad():
+    with torch.no_grad(), noise.native_stderr():
         program = torch.export.export(module.eval(), example)
         edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
         summary = delegation_summary(edge)

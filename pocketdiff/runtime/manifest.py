@@ -174,7 +174,7 @@ def check_manifest(m, known_roles) -> dict:
         w = f"manifest.components[{i}]"
         _keys(c, COMPONENT_KEYS, w)
         _str(c["name"], f"{w}.name")
-        if c["role"] not in known_roles:
+        if not isinstance(c["role"], str) or c["role"] not in known_roles:
             raise _fail(f"{w}.role", f"is {c['role']!r}, not a role this runtime knows; allowed: "
                                      f"{', '.join(sorted(known_roles))}")
         if c["target"] not in TARGETS:

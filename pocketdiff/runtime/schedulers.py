@@ -72,7 +72,10 @@ class Scheduler:
     SPACINGS: ClassVar[tuple[str, ...]] = ("leading", "trailing", "linspace")
 
     def __init__(self, config: dict):
+        if not isinstance(config, dict):
+            raise PocketdiffError(f"scheduler config must be an object, got {type(config).__name__}")
         cfg = {k: config.get(k, v) for k, v in self.DEFAULTS.items()}
+        _check_types(cfg, self.DEFAULTS)
         for key, neutral in self.UNSUPPORTED.items():
             if config.get(key) is not None and config[key] != neutral:
                 raise PocketdiffError(
@@ -109,6 +112,36 @@ class Scheduler:
             return ts + self.config["steps_offset"]
         ts = np.round(np.arange(T, 0, -T / n)).astype(dtype)
         return ts - 1
+
+
+MAX_TRAIN_TIMESTEPS = 100_000
+
+
+def _check_types(cfg: dict, defaults: dict) -> None:
+    """Each value of the kind its default is (a bool for a bool, an integer for an integer, a finite number for a
+    float, a string for a string), the schedule's numbers in range; else one error naming the key."""
+    for key, default in defaults.items():
+        v = cfg[key]
+        kind = bool if isinstance(default, bool) else int if isinstance(default, int) else \
+            float if isinstance(default, float) else str if isinstance(default, str) else None
+        ok = (kind is None or (isinstance(v, bool) if kind is bool else
+                               isinstance(v, int) and not isinstance(v, bool) if kind is int else
+                               isinstance(v, (int, float)) and not isinstance(v, bool) and (np.isfinite(v) or v == default)
+                               if kind is float else isinstance(v, str)))
+        if not ok:
+            raise PocketdiffError(f"scheduler option {key} must be {kind.__name__}, got {v!r}")
+    n = cfg["num_train_timesteps"]
+    if not 2 <= n <= MAX_TRAIN_TIMESTEPS:
+        raise PocketdiffError(f"scheduler option num_train_timesteps must be in [2, {MAX_TRAIN_TIMESTEPS}], got {n}")
+    if not 0 < cfg["beta_start"] < 1 or not 0 < cfg["beta_end"] < 1:
+        raise PocketdiffError(f"scheduler options beta_start and beta_end must be in (0, 1), got {cfg['beta_start']}, "
+                              f"{cfg['beta_end']}")
+    if cfg["steps_offset"] < 0 or cfg["steps_offset"] >= n:
+        raise PocketdiffError(f"scheduler option steps_offset must be in [0, {n}), got {cfg['steps_offset']}")
+    betas = cfg["trained_betas"]
+    if betas is not None and (not isinstance(betas, list) or len(betas) != n or not all(
+            isinstance(b, (int, float)) and not isinstance(b, bool) and 0 < b < 1 for b in betas)):
+        raise PocketdiffError(f"scheduler option trained_betas must be null or {n} numbers in (0, 1)")
 
 
 _BASE_DEFAULTS = {
@@ -385,6 +418,8 @@ SCHEDULERS: dict[str, SchedulerEntry] = {
 
 def scheduler_name_for(config: dict) -> str:
     """Registry name of a saved scheduler config (its ``_class_name``); error if we do not mirror it."""
+    if not isinstance(config, dict):
+        raise PocketdiffError(f"scheduler config must be an object, got {type(config).__name__}")
     cls = config.get("_class_name")
     for name, entry in SCHEDULERS.items():
         if entry.diffusers_class == cls:
@@ -393,11 +428,13 @@ def scheduler_name_for(config: dict) -> str:
 
 
 def get_scheduler_entry(name: str) -> SchedulerEntry:
-    if name not in SCHEDULERS:
+    if not isinstance(name, str) or name not in SCHEDULERS:
         raise choice_error("scheduler", name, SCHEDULERS)
     return SCHEDULERS[name]
 
 
 def scheduler_from_config(config: dict, name: str | None = None) -> Scheduler:
     """Runtime scheduler for ``name`` (default: the config's own class) built from a diffusers config dict."""
+    if not isinstance(config, dict):
+        raise PocketdiffError(f"scheduler config must be an object, got {type(config).__name__}")
     return get_scheduler_entry(name or scheduler_name_for(config)).create(config)

@@ -27,6 +27,7 @@ from typing import Protocol, Sequence, runtime_checkable
 
 import numpy as np
 
+from pocketdiff import noise
 from pocketdiff.errors import PocketdiffError
 
 _ORT_DTYPES = {"tensor(float)": "float32", "tensor(float16)": "float16", "tensor(double)": "float64",
@@ -127,7 +128,8 @@ class ExecuTorchSession:
         from executorch.runtime import Runtime  # imports torch: keep lazy
 
         try:
-            self.method = Runtime.get().load_program(path).load_method("forward")
+            with noise.native_stderr():  # XNNPACK's cpuinfo probe logs ARM-only files on x86 (noise.KNOWN)
+                self.method = Runtime.get().load_program(path).load_method("forward")
         except Exception as exc:  # the bindings raise RuntimeError/ValueError for invalid programs
             raise PocketdiffError(f"cannot load ExecuTorch program {path}: {exc}") from None
         if threads:  # the bindings' one process-wide pool (XNNPACK uses it); no public setter in 1.5.1
