@@ -152,3 +152,16 @@ def test_signature_format_against_rfc8032_test_vector_1(tmp_path):
     pub = tmp_path / "k.pub"
     pub.write_text("d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a\n")
     load_public_key(pub).verify(bytes.fromhex(want), b"")
+
+
+def test_the_signed_test_vector_in_the_docs_verifies():
+    import re
+
+    doc = (Path(__file__).parents[1] / "docs" / "export.md").read_text()
+    section = doc[doc.index("Signed test vector"):]
+    seed, pub, sig = (re.search(rf"\| {label} \| `([0-9a-f]+)` \|", section).group(1)
+                      for label in (r"private key \(seed\)", r"public key \(`KEY.pub`\)", r"`manifest.json.sig`"))
+    message = b'{"format_version": 1}\n'
+    assert sign(message, Ed25519PrivateKey.from_private_bytes(bytes.fromhex(seed))) == sig + "\n"
+    Ed25519PrivateKey.from_private_bytes(bytes.fromhex(seed)).public_key().verify(bytes.fromhex(sig), message)
+    assert Ed25519PrivateKey.from_private_bytes(bytes.fromhex(seed)).public_key().public_bytes_raw().hex() == pub
