@@ -11,6 +11,7 @@ import pytest
 from pocketdiff.build import build, load_recipe, stages
 from pocketdiff.errors import PocketdiffError
 from pocketdiff.pipedir import read_train_log
+from pocketdiff.toyworld import TOY_TEACHER_DIR
 
 TINY = """
 stages = ["slim", "decoder", "steps", "export", "eval", "report"]
@@ -68,6 +69,8 @@ repeat = 1
 n = 8
 teacher_steps = 4
 guidance = 2.0
+reference_bundle = "pocketdiff/toyworld/assets/student"
+reference_name = "shipped_student"
 [report]
 title = "tiny build"
 """
@@ -123,6 +126,9 @@ def test_tiny_build_killed_mid_stage_resumes_and_skips(tiny_pipeline_dir, tmp_pa
         assert heading in page  # here, for time)
     student = json.loads((work / "eval" / "student.json").read_text())
     assert f"{student['fid']:.3f}" in page  # the page shows eval's numbers
+    assert "Third row: shipped_student" in page and "This build's student and shipped_student" in page
+    shipped = json.loads((TOY_TEACHER_DIR / "student" / "manifest.json").read_text())["defaults"]
+    assert json.loads((work / "eval" / "shipped_student.json").read_text())["steps"] == shipped["steps"]
     handoff = json.loads((work / "eval" / "handoff.json").read_text())
     assert [r["stage"] for r in handoff["rows"]] == ["teacher", "slim", "decoder", "steps", "bundle (onnx)"]
     assert handoff["rows"][-1]["fid"] == student["fid"] and handoff["rows"][3]["steps"] == 2  # the student's own

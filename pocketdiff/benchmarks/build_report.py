@@ -17,6 +17,7 @@ from pocketdiff.benchmarks.report import figure_data_uri, png_data_uri, table_ht
 from pocketdiff.build import Context, Stage
 from pocketdiff.export.bundle import student_bundle
 from pocketdiff.generate import GenerateConfig, generate_many
+from pocketdiff.pinned import pinned_defaults
 from pocketdiff.pipedir import read_json, read_train_log
 from pocketdiff.toyworld.world import DEMO_PROMPTS
 
@@ -88,7 +89,8 @@ def write_build_report(ctx: Context, cfg: ReportStage) -> Path:
     """``WORKDIR/report/index.html`` from the other stages' outputs (module docstring)."""
     r, w = ctx.recipe, ctx.workdir
     sections: list[tuple[str, str]] = []
-    evals = {n: read_json(w / "eval" / f"{n}.json") for n in ("teacher", "student") if (w / "eval" / f"{n}.json").is_file()}
+    names = ("teacher", "student") + ((r.eval.reference_name,) if r.eval.reference_bundle else ())
+    evals = {n: read_json(w / "eval" / f"{n}.json") for n in names if (w / "eval" / f"{n}.json").is_file()}
     if "export" in r.stages:
         student_steps = read_json(student_bundle(ctx) / "manifest.json")["defaults"]["steps"]
         g = r.export.guidance
@@ -97,12 +99,19 @@ def write_build_report(ctx: Context, cfg: ReportStage) -> Path:
                                 pipeline_dir=ctx.teacher)
         student = generate_many(list(DEMO_PROMPTS), GenerateConfig("", steps=student_steps, guidance=g, seed=0),
                                 bundle_dir=student_bundle(ctx))
-        grid = image_grid(np.concatenate([teacher, student]), cols=len(DEMO_PROMPTS), scale=4)
+        lines, text = [teacher, student], ""
+        if r.eval.reference_bundle:  # a third row: the reference bundle at its own pinned steps and guidance
+            ref = pinned_defaults(bundle=r.eval.reference_bundle)
+            lines.append(generate_many(list(DEMO_PROMPTS), GenerateConfig("", steps=ref.steps, guidance=ref.guidance,
+                                                                         seed=0), bundle_dir=r.eval.reference_bundle))
+            text = (f" Third row: {html.escape(r.eval.reference_name)} ({html.escape(r.eval.reference_bundle)}), "
+                    f"{ref.steps} steps, guidance {ref.guidance}, on the same runtime.")
+        grid = image_grid(np.concatenate(lines), cols=len(DEMO_PROMPTS), scale=4)
         prompts = "".join(f"<li>{html.escape(p)}</li>" for p in DEMO_PROMPTS)
         sections.append(("Teacher vs student (same prompts, same seeds)",
                          f"<p>Top row: the teacher, {r.eval.teacher_scheduler} {r.eval.teacher_steps} steps (its "
-                         f"pipeline). Bottom row: the student bundle, {student_steps} steps, on the torch-free "
-                         f"runtime (onnxruntime). Guidance {g}; image i has seed i.</p><ol>{prompts}</ol>"
+                         f"pipeline). Second row: the student bundle, {student_steps} steps, on the torch-free "
+                         f"runtime (onnxruntime).{text} Guidance {g}; image i has seed i.</p><ol>{prompts}</ol>"
                          f"<img src='{png_data_uri(grid)}'>"))
     if evals:
         if r.eval.real:  # the real-checkpoint protocol: Inception FID and CLIP score
@@ -115,8 +124,15 @@ def write_build_report(ctx: Context, cfg: ReportStage) -> Path:
                      "accuracy (rephrased prompts)": e.get("rephrased", {}).get("attribute_accuracy", "-"),
                      "source": e["source"]} for n, e in evals.items()]
         prompts = r.eval.captions if r.eval.real else r.eval.prompts
+        note = ""
+        if r.eval.reference_bundle and {"student", r.eval.reference_name} <= set(evals) and not r.eval.real:
+            s, ref = evals["student"], evals[r.eval.reference_name]
+            note = (f"<p>This build's student and {html.escape(r.eval.reference_name)} on the same prompts and seeds: "
+                    f"attribute accuracy {s['attribute_accuracy']:.3f} against {ref['attribute_accuracy']:.3f}, FID "
+                    f"{s['fid']:.3f} against {ref['fid']:.3f}"
+                    f"{' (this recipe trades quality for a short build)' if s['fid'] > ref['fid'] else ''}.</p>")
         sections.append((f"Quality ({prompts}, n={r.eval.n}, seed {r.eval.seed}; eval/*.json)",
-                         table_html(rows, list(rows[0]))))
+                         table_html(rows, list(rows[0])) + note))
     if (w / "eval" / "handoff.json").is_file():
         sections.append(("Handoff: quality after each stage (same prompts and seeds; eval/handoff.json)",
                          handoff_html(read_json(w / "eval" / "handoff.json"))))

@@ -48,6 +48,8 @@ class EvalStage:
     clip_model: str = ""  # a local transformers CLIP folder for the CLIP score
     inception_weights: str = ""  # torch-fidelity's weights-inception-2015-12-05-6726825d.pth
     handoff: bool = True  # also evaluate every stage's pipeline and the bundle on each backend (toy protocol)
+    reference_bundle: str = ""  # another bundle scored on the same prompts and seeds, shown beside the student
+    reference_name: str = "reference"  # its name in eval/ (``eval/<name>.json``) and in the report
 
     @property
     def real(self) -> bool:
@@ -56,6 +58,9 @@ class EvalStage:
     def validate(self) -> "EvalStage":
         if self.student not in EVAL_STUDENT:
             raise choice_error("eval.student", self.student, EVAL_STUDENT)
+        if self.reference_name in ("teacher", "student", "handoff") or not self.reference_name.isidentifier():
+            raise PocketdiffError(f"eval.reference_name must be a plain name other than teacher, student and "
+                                  f"handoff; got {self.reference_name!r}")
         return self
 
     def check_real_inputs(self):
@@ -115,6 +120,10 @@ def run_eval(ctx: Context, cfg: EvalStage) -> None:
     else:  # the student pipeline the bundle was exported from, in diffusers (its own scheduler; GPU if any)
         student = evaluate(ctx.pipeline_before("export"), steps, cfg.guidance, cfg, out / "student.json",
                            bundle=False, scheduler=None)
+    if cfg.reference_bundle:  # at its own pinned steps and guidance, as an app would run it
+        pinned = pinned_defaults(bundle=cfg.reference_bundle)
+        evaluate(cfg.reference_bundle, pinned.steps, pinned.guidance, cfg, out / f"{cfg.reference_name}.json",
+                 bundle=True, scheduler=None)
     if not cfg.handoff or cfg.real:
         return
     rows = [_row("teacher", f"the teacher pipeline, {cfg.teacher_scheduler} {cfg.teacher_steps}", teacher)]
