@@ -248,33 +248,9 @@ def test_a_stage_declared_outside_build_py_runs_from_a_recipe(tiny_pipeline_dir,
         load_recipe(_recipe(tmp_path, 'stages = ["echo"]', "gone.toml"))
 
 
-KILLABLE = """
-stages = ["decoder", "steps"]
-[decoder]
-kind = "tiny"
-tiny_channels = 8
-tiny_blocks = 1
-steps = 12
-batch_size = 2
-perceptual = "none"
-n_generated = 4
-gen_steps = 2
-gen_batch = 4
-n_encoded = 4
-guidance = 2.0
-checkpoint_every = 1
-[steps]
-teacher = "original"
-[steps.distill]
-start_steps = 4
-rounds = 1
-iters = 12
-batch_size = 2
-pool_size = 8
-w_min = 1.5
-w_max = 3.0
-checkpoint_every = 1
-"""
+# the tiny recipe's decoder and steps stages, longer and checkpointing every step (set on the command line)
+KILLABLE = ['stages=["decoder", "steps"]', "decoder.steps=12", "decoder.checkpoint_every=1", "steps.distill.iters=12",
+            "steps.distill.checkpoint_every=1"]
 
 
 def test_build_survives_real_kills(tiny_pipeline_dir, tmp_path):
@@ -287,11 +263,11 @@ def test_build_survives_real_kills(tiny_pipeline_dir, tmp_path):
     from safetensors.numpy import load_file
     from test_loop import _run_until
 
-    recipe = _recipe(tmp_path, KILLABLE)
+    recipe = _recipe(tmp_path)
 
     def cmd(out):
         return [sys.executable, "-m", "pocketdiff.cli", "build", "--teacher", str(tiny_pipeline_dir), "--recipe",
-                str(recipe), "--out", str(out), "--no-progress"]
+                str(recipe), "--out", str(out), "--no-progress", *[a for s in KILLABLE for a in ("--set", s)]]
 
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     subprocess.run(cmd(straight), check=True, capture_output=True)

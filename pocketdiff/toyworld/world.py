@@ -148,26 +148,24 @@ def sample_scene(rng: np.random.Generator, split: str = "train", kind: str | Non
     return Scene((o1, o2), bg, rel, (jit(), jit()))
 
 
-def caption(scene: Scene, rng: np.random.Generator) -> str:
-    """A caption naming every attribute of the scene, in one of several phrasings."""
+def _describe(scene: Scene, rng: np.random.Generator, singles: tuple[str, ...], pairs: tuple[str, ...]) -> str:
     if scene.relation is None:
         o = scene.objects[0]
-        t = _SINGLE_TEMPLATES[int(rng.integers(len(_SINGLE_TEMPLATES)))]
+        t = singles[int(rng.integers(len(singles)))]
         return t.format(size=o.size, colour=o.colour, shape=o.shape, pos=o.position, bg=scene.background)
     o1, o2 = scene.objects
-    t = _PAIR_TEMPLATES[int(rng.integers(len(_PAIR_TEMPLATES)))]
+    t = pairs[int(rng.integers(len(pairs)))]
     return t.format(c1=o1.colour, s1=o1.shape, rel=scene.relation, c2=o2.colour, s2=o2.shape)
+
+
+def caption(scene: Scene, rng: np.random.Generator) -> str:
+    """A caption naming every attribute of the scene, in one of several phrasings."""
+    return _describe(scene, rng, _SINGLE_TEMPLATES, _PAIR_TEMPLATES)
 
 
 def rephrase(scene: Scene, rng: np.random.Generator) -> str:
     """A caption of ``scene`` in a phrasing no training template produces (the eval's phrasing split)."""
-    if scene.relation is None:
-        o = scene.objects[0]
-        t = _REPHRASED_SINGLE[int(rng.integers(len(_REPHRASED_SINGLE)))]
-        return t.format(size=o.size, colour=o.colour, shape=o.shape, pos=o.position, bg=scene.background)
-    o1, o2 = scene.objects
-    t = _REPHRASED_PAIR[int(rng.integers(len(_REPHRASED_PAIR)))]
-    return t.format(c1=o1.colour, s1=o1.shape, rel=scene.relation, c2=o2.colour, s2=o2.shape)
+    return _describe(scene, rng, _REPHRASED_SINGLE, _REPHRASED_PAIR)
 
 
 def _shape_polygons(shape: str, cx: float, cy: float, r: float) -> list[tuple[str, list]]:
