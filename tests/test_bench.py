@@ -164,7 +164,7 @@ def test_bench_unet_spec(tmp_path, monkeypatch, capsys):
 
 
 def test_peak_rss_is_the_childs_own(tmp_path):
-    """A child started from a parent holding 600 MB must not report the parent's peak."""
+    """A child started from a parent holding 2 GB must not report the parent's peak."""
     import subprocess
     import sys
 
@@ -172,11 +172,11 @@ def test_peak_rss_is_the_childs_own(tmp_path):
 
     from pocketdiff.benchmarks.components import peak_rss_mb
 
-    ballast = np.ones(600 * 2**20 // 8)  # noqa: F841  (held while the child runs)
-    assert peak_rss_mb() > 600
+    ballast = np.ones(2048 * 2**20 // 8)  # noqa: F841  (held while the child runs; a forked child starts at it)
+    assert peak_rss_mb() > 2048
     child = subprocess.run([sys.executable, "-c", "from pocketdiff.benchmarks.components import peak_rss_mb;"
                             "import sys; sys.stdout.write(str(peak_rss_mb()))"], capture_output=True, text=True)
-    assert float(child.stdout) < 300
+    assert float(child.stdout) < 1500  # its own: the imports alone are ~500 MB
 
 
 def test_compare_pairwise(tiny_pipeline_dir, onnx_bundle, tmp_path):

@@ -109,7 +109,7 @@ def test_signed_path(signed_bundle, keys, tmp_path, capsys, backend, monkeypatch
     out = tmp_path / "ok.png"
     assert main(["generate", "--bundle", str(signed_bundle), "--backend", backend, "a red circle", "--steps", "2",
                  "--out", str(out), "--no-progress", "--trusted-key", str(ours_pub)]) == 0 and out.is_file()
-    assert "must be signed by" in capsys.readouterr().err
+    assert "its manifest is signed by" in capsys.readouterr().err
 
     edited = _edit(_copy(signed_bundle, tmp_path, "edited"), lambda m: m["defaults"].update(steps=3))
     foreign = _copy(signed_bundle, tmp_path, "foreign")
@@ -125,7 +125,9 @@ def test_signed_path(signed_bundle, keys, tmp_path, capsys, backend, monkeypatch
                 RuntimePipeline.from_bundle(bad, backend, trusted_key=load_public_key(ours_pub))
             assert main(["generate", "--bundle", str(bad), "--backend", backend, "a red circle", "--out",
                          str(tmp_path / "no.png"), "--no-progress"]) == 2
-            assert message in capsys.readouterr().err and not (tmp_path / "no.png").exists()
+            err = capsys.readouterr().err.strip().splitlines()
+            assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err
+            assert not (tmp_path / "no.png").exists()
     assert opened == []  # failed before any session opened
     # without a key, as before, and the CLI says the bundle is unverified
     assert main(["generate", "--bundle", str(unsigned), "--backend", backend, "a red circle", "--steps", "2",

@@ -28,8 +28,8 @@ class ReuseEveryOther(CFGPolicy):
         return state["previous"]
 
 
-@pytest.fixture(scope="module")
-def reuse_policy():
+@pytest.fixture
+def reuse_policy():  # function scope: a later test must see only the built-in policies
     register_policy(ReuseEveryOther)
     yield ReuseEveryOther.name
     POLICIES.pop(ReuseEveryOther.name)

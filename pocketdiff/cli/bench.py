@@ -13,7 +13,7 @@ from pocketdiff.benchmarks.components import BACKENDS as BENCH_BACKENDS
 from pocketdiff.benchmarks.components import arch_sources, bench_components
 from pocketdiff.benchmarks.latency import machine_info
 from pocketdiff.benchmarks.report import read_bench_results, write_bench_report
-from pocketdiff.cli.common import Parser, Progress, add_trusted_key, trusted_key, write_json
+from pocketdiff.cli.common import Parser, Progress, add_trusted_key, note_verification, trusted_key, write_json
 from pocketdiff.errors import PocketdiffError, choice_error
 from pocketdiff.pipedir import load_pipeline
 
@@ -56,6 +56,7 @@ def _cmd_bench(args) -> int:
     with Progress("benchmarking", "case", args.no_progress) as progress:
         result = bench_components(source, args.backend, args.threads, args.warmup, args.repeat,
                                   args.peak_gflops, progress, pipeline_dir, trusted_key(args, args.bundle))
+    note_verification(args, args.bundle)
     print(f"{'component':<13}{'batch':>5}{'median ms':>11}{'min':>9}{'max':>9}{'cold s':>8}{'peak RSS MB':>12}"
           f"{'GMACs':>9}{'GFLOP/s':>9}{'of peak':>9}")
     for r in result["components"]:
@@ -130,6 +131,8 @@ def _cmd_bench_compare(args) -> int:
     with Progress("comparing", "component", args.no_progress) as progress:
         result = compare(sides, args.threads, args.warmup, args.repeat, progress, pairwise=args.pairwise,
                          components=tuple(args.components.split(",")) if args.components else None)
+    for bundle in dict.fromkeys(bundles):
+        note_verification(args, bundle)
     for n, s in zip(names, sides):
         print(f"{n} = {s.label}")
     print(f"{'component':<13}{'batch':>5}" + "".join(f"{n + ' ms':>11}" for n in names)

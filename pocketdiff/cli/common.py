@@ -153,15 +153,23 @@ def add_trusted_key(parser: argparse.ArgumentParser) -> None:
 
 def trusted_key(args, bundle) -> Any:
     """The public key a bundle must be signed with (``--trusted-key``, else ``$POCKETDIFF_TRUSTED_KEY``), or None
-    (then one line on stderr says the bundle's signature is not checked). None without a bundle."""
+    (signatures not checked). None without a bundle. Says nothing: :func:`note_verification` does, once the bundle
+    has loaded, so a refused bundle prints only its one ``error:`` line."""
     if not bundle:
         return None
+    path = trusted_key_path(getattr(args, "trusted_key", None))
+    return None if path is None else load_public_key(path)
+
+
+def note_verification(args, bundle) -> None:
+    """One stderr line on what was checked of a bundle that loaded: the signer's key, or that it is unverified."""
+    if not bundle:
+        return
     path = trusted_key_path(getattr(args, "trusted_key", None))
     if path is None:
         sys.stderr.write(f"note: bundle {bundle} is unverified: no --trusted-key (or ${TRUSTED_KEY_ENV}), so its "
                          "signature is not checked (its files' checksums are)\n")
-        return None
-    key = load_public_key(path)
-    sys.stderr.write(f"bundle {bundle}: its manifest must be signed by {public_key_hex(key)[:16]}... ({path})\n")
-    return key
+    else:
+        sys.stderr.write(f"bundle {bundle}: its manifest is signed by {public_key_hex(load_public_key(path))[:16]}... "
+                         f"({path})\n")
 

@@ -12,7 +12,8 @@ from pathlib import Path
 
 from pocketdiff.architectures.factory import ARCHITECTURES, build_pipeline, get_architecture
 from pocketdiff.benchmarks.quality import check_real_eval_inputs, eval_grid, evaluate_source, write_report
-from pocketdiff.cli.common import Progress, add_config_args, add_trusted_key, check_suffix, config_from_args, trusted_key
+from pocketdiff.cli.common import (Progress, add_config_args, add_trusted_key, check_suffix, config_from_args,
+                                   note_verification, trusted_key)
 from pocketdiff.export.bundle import TARGETS, ExportConfig, write_bundle
 from pocketdiff.generate import (GenerateConfig, check_png_path, generate_runtime, generate_torch,
                                  runtime_from_onnx_folder, save_png)
@@ -86,11 +87,14 @@ def _cmd_generate(args) -> int:
                                                   trusted_key=trusted_key(args, args.bundle))
             result = generate_runtime(runtime, cfg, callback=progress)
         else:
-            print(f"note: {args.onnx} is a bare ONNX folder: it carries no checksums or signature, so nothing in it "
-                  "is verified (a bundle's manifest is: use --bundle)", file=sys.stderr)
             result = generate_runtime(runtime_from_onnx_folder(args.onnx, threads=args.threads), cfg,
                                       callback=progress)
     save_png(result.image, args.out)
+    # what was verified, said once the image is written (a failed run prints only its error line)
+    note_verification(args, args.bundle)
+    if args.onnx:
+        print(f"note: {args.onnx} is a bare ONNX folder: it carries no checksums or signature, so nothing in it "
+              "is verified (a bundle's manifest is: use --bundle)", file=sys.stderr)
     timings = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in result.timings.items())
     counts = result.call_counts()
     calls = ", ".join(f"{role} x{n}" for role, n in counts.items()) if counts else "diffusers pipeline"
@@ -114,6 +118,7 @@ def _cmd_eval(args) -> int:
                                          onnx_dir=args.onnx, bundle_dir=args.bundle, callback=progress,
                                          trusted_key=trusted_key(args, args.bundle))
     write_report(result, args.out, eval_grid(images))
+    note_verification(args, args.bundle)
     if real is not None:
         print(f"FID (Inception) {result['fid_inception']:.2f}  CLIP {result['clip_score']:.2f} -> {args.out}")
         return 0

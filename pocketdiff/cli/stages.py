@@ -12,8 +12,8 @@ from pathlib import Path
 
 from pocketdiff.benchmarks.regress import regress, table
 from pocketdiff.build import build, load_recipe
-from pocketdiff.cli.common import (add_config_args, add_trusted_key, config_from_args, stage_parser, trusted_key,
-                                   workdir_for)
+from pocketdiff.cli.common import (add_config_args, add_trusted_key, config_from_args, note_verification, stage_parser,
+                                   trusted_key, workdir_for)
 from pocketdiff.distill.decoder import DecoderDistillConfig, distill_decoder
 from pocketdiff.distill.evolution import EvolveConfig, evolve
 from pocketdiff.distill.kd import KDTrainConfig
@@ -105,6 +105,7 @@ def _cmd_build(args) -> int:
 def _cmd_regress(args) -> int:
     passed, checks, _ = regress(args.bundle, args.baseline, args.eval_models, args.json,
                                 trusted_key=trusted_key(args, args.bundle))
+    note_verification(args, args.bundle)
     print(table(checks))
     print("quality gate: " + ("passed" if passed else f"FAILED ({sum(not c.ok for c in checks)} regressed)"))
     return 0 if passed else 1

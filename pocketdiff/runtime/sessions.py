@@ -125,17 +125,20 @@ class ExecuTorchSession:
         path = Path(path)
         if not path.is_file():
             raise PocketdiffError(f"ExecuTorch program {path} does not exist")
+        from executorch.extension.pybindings.portable_lib import (_threadpool_get_thread_count,
+                                                                 _unsafe_reset_threadpool)
         from executorch.runtime import Runtime  # imports torch: keep lazy
 
-        try:
-            with noise.native_stderr():  # XNNPACK's cpuinfo probe logs ARM-only files on x86 (noise.KNOWN)
+        # The bindings' one process-wide pool (XNNPACK uses it; no public setter in 1.5.1). It is replaced only
+        # before a load and only when the count differs: replacing it just after loading a program crashed
+        # that program's next run (a segfault in the test suite, once an earlier test had set another count).
+        with noise.native_stderr():  # (it logs each reset: noise.KNOWN) and XNNPACK's cpuinfo probe
+            if threads and _threadpool_get_thread_count() != threads:
+                _unsafe_reset_threadpool(threads)
+            try:
                 self.method = Runtime.get().load_program(path).load_method("forward")
-        except Exception as exc:  # the bindings raise RuntimeError/ValueError for invalid programs
-            raise PocketdiffError(f"cannot load ExecuTorch program {path}: {exc}") from None
-        if threads:  # the bindings' one process-wide pool (XNNPACK uses it); no public setter in 1.5.1
-            from executorch.extension.pybindings.portable_lib import _unsafe_reset_threadpool
-
-            _unsafe_reset_threadpool(threads)
+            except Exception as exc:  # the bindings raise RuntimeError/ValueError for invalid programs
+                raise PocketdiffError(f"cannot load ExecuTorch program {path}: {exc}") from None
         self.path = path
         self.inputs, self.outputs = list(inputs), list(outputs)
 
