@@ -1,7 +1,8 @@
 """The runtime draws the same pixels as before the step-policy refactor: the shipped student (onnxruntime and
 ExecuTorch), the toy teacher's ONNX bundle (PNDM and DDIM, with and without CFG) and a guidance-embedded
 tiny bundle, each for fixed prompts and seeds (``tests/golden.py``), against the images
-``scripts/record_runtime_golden.py`` recorded at the commit named in the file."""
+``scripts/record_runtime_golden.py`` recorded at the commits named in the file (the student cases again
+when a new student ships)."""
 
 import json
 from pathlib import Path

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pocketdiff.benchmarks.compare import BACKEND_LABELS, compare_file
 from pocketdiff.benchmarks.quality import image_grid
 from pocketdiff.benchmarks.report import figure_data_uri, png_data_uri, table_html, write_page
 from pocketdiff.build import Context, Stage
@@ -136,8 +137,11 @@ def write_build_report(ctx: Context, cfg: ReportStage) -> Path:
     if (w / "eval" / "handoff.json").is_file():
         sections.append(("Handoff: quality after each stage (same prompts and seeds; eval/handoff.json)",
                          handoff_html(read_json(w / "eval" / "handoff.json"))))
-    if (w / "bench" / "compare.json").is_file():
-        res = read_json(w / "bench" / "compare.json")
+    for backend in r.bench.backends:
+        f = w / "bench" / compare_file(backend)
+        if not f.is_file():
+            continue
+        res = read_json(f)
         rows = [{"component": c["component"], "batch": c["batch"], "teacher ms": c["A"]["median_ms"],
                  "student ms": c["B"]["median_ms"], "student / teacher": c["ratio_vs_a"]["B"]}
                 for c in res["components"] if "A" in c and "B" in c]
@@ -146,7 +150,7 @@ def write_build_report(ctx: Context, cfg: ReportStage) -> Path:
                 "calls": ", ".join(f"{k} x{v:g}" for k, v in e[n]["calls"].items()),
                 "end to end ms": e[n].get("e2e_ms", "-"),
                 "speedup": e.get("speedup_vs_a", {}).get(n, 1.0 if n == "A" else "-")} for n in ("A", "B")]
-        sections.append(("Latency (onnxruntime, one process, alternating; bench/compare.json)",
+        sections.append((f"Latency ({BACKEND_LABELS[backend]}, one process, alternating; bench/{f.name})",
                          "<p>A = the teacher bundle, B = the student bundle.</p>" + table_html(rows, list(rows[0]))
                          + "<p>End to end, composed from each side's call trace (one generation: every call's "
                            "role and batch) times that side's measured median per (role, batch).</p>"

@@ -342,21 +342,35 @@ class BenchStage:
     threads: int = 2
     warmup: int = 3
     repeat: int = 10
+    backends: tuple[str, ...] = ("onnx",)  # one comparison per runtime backend the student's bundle carries
+
+    def validate(self) -> "BenchStage":
+        for b in self.backends:
+            if b not in SIDE_BACKENDS["bundle"]:
+                raise choice_error("bench backend", b, SIDE_BACKENDS["bundle"])
+        return self
+
+
+def compare_file(backend: str) -> str:
+    """The bench stage's result for ``backend`` under ``WORKDIR/bench/``."""
+    return "compare.json" if backend == "onnx" else f"compare_{backend}.json"
 
 
 def run_bench(ctx: Context, cfg: BenchStage) -> None:
-    """The teacher exported to an ONNX bundle (``WORKDIR/bench/teacher``, the export stage's guidance) against
-    the student's bundle at its pinned steps, side by side; ``WORKDIR/bench/compare.json``."""
+    """The teacher exported to a bundle (``WORKDIR/bench/teacher``, the export stage's guidance, every backend
+    asked for) against the student's bundle at its pinned steps, side by side, once per backend;
+    ``WORKDIR/bench/compare.json`` (onnxruntime), ``compare_<backend>.json`` for the others."""
     g = ctx.recipe.config("export").guidance
     out = ctx.out("bench")
     out.mkdir(parents=True, exist_ok=True)
-    teacher = write_bundle(ctx.teacher, out / "teacher", ExportConfig(targets=("onnx",), guidance=g,
+    teacher = write_bundle(ctx.teacher, out / "teacher", ExportConfig(targets=cfg.backends, guidance=g,
                                                                      steps=cfg.teacher_steps), overwrite=True)
     student = pinned_defaults(bundle=student_bundle(ctx))
-    sides = [Side("bundle", teacher, "onnx", cfg.teacher_steps, g),
-             Side("bundle", student_bundle(ctx), "onnx", student.steps, student.guidance)]
-    result = compare(sides, cfg.threads, cfg.warmup, cfg.repeat)
-    (out / "compare.json").write_text(json.dumps(result, indent=1) + "\n")
+    for backend in cfg.backends:
+        sides = [Side("bundle", teacher, backend, cfg.teacher_steps, g),
+                 Side("bundle", student_bundle(ctx), backend, student.steps, student.guidance)]
+        result = compare(sides, cfg.threads, cfg.warmup, cfg.repeat)
+        (out / compare_file(backend)).write_text(json.dumps(result, indent=1) + "\n")
 
 
 STAGE = Stage("bench", BenchStage, run_bench, needs=("export",))

@@ -18,6 +18,7 @@ from diffusers.models.attention_processor import AttnProcessor
 from torch import nn
 
 from pocketdiff.export.roles import ROLES, Dims
+from pocketdiff.runtime.sessions import TensorSpec
 
 class TextEncoderExport(nn.Module):
     def __init__(self, text_encoder):
@@ -223,8 +224,8 @@ def xnnpack_friendly(pipe):
 
 
 def tensor_spec(name: str, shape, dtype) -> dict:
-    """One manifest tensor entry; symbolic dims stay strings (``batch_size``)."""
-    return {"name": name, "shape": [d if isinstance(d, int) else str(d) for d in shape], "dtype": str(dtype)}
+    """One manifest tensor entry (``runtime.sessions.TensorSpec``); symbolic dims stay strings (``batch_size``)."""
+    return TensorSpec(name, tuple(shape), str(dtype)).to_dict()
 
 
 def component_record(role: str, target: str, path: str, precision: str, quantization: str | None,

@@ -103,10 +103,13 @@ class Role:
     def executorch_file(self) -> str:
         return f"{self.name}.pte"
 
+    @staticmethod
+    def _present(ports, dims: Dims) -> list[Port]:
+        return [p for p in ports if p.needs is None or dims.symbol(p.needs) is not None]
+
     def _specs(self, ports, dims: Dims, batch) -> list[TensorSpec]:
         return [TensorSpec(p.name, tuple(batch if d == "B" else dims.symbol(d) if isinstance(d, str) else d
-                                         for d in p.shape), p.dtype)
-                for p in ports if p.needs is None or dims.symbol(p.needs) is not None]
+                                         for d in p.shape), p.dtype) for p in self._present(ports, dims)]
 
     def io(self, dims: Dims, batch: int | str = "batch_size") -> tuple[list[TensorSpec], list[TensorSpec]]:
         """(inputs, outputs) at ``dims``; ``batch`` a number, or a symbol for a dynamic batch."""
@@ -122,8 +125,7 @@ class Role:
         seeded generator."""
         rng = np.random.default_rng(seed)
         out = {}
-        for spec, port in zip(self.io(dims, batch)[0], [p for p in self.inputs if p.needs is None
-                                                        or dims.symbol(p.needs) is not None]):
+        for spec, port in zip(self.io(dims, batch)[0], self._present(self.inputs, dims)):
             if port.fill == "ids":
                 out[spec.name] = rng.integers(0, dims.vocab_size, spec.shape).astype(spec.dtype)
             elif port.fill == "normal":

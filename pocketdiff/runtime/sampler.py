@@ -151,7 +151,7 @@ class RuntimePipeline:
         t2 = time.perf_counter()
         sched.set_timesteps(steps)
         x = initial_latents(seed, (1, *self.latent_shape)) * sched.init_noise_sigma
-        run = Denoise(hidden, guidance, sched.timesteps, self.sessions, call, dict(self.policy.params))
+        run = Denoise(hidden, guidance, sched.timesteps, self.sessions, call)
         state = self.policy.begin(run)
         n = len(sched.timesteps)
         for i, t in enumerate(sched.timesteps):

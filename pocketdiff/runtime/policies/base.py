@@ -13,7 +13,7 @@ each file by name.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, ClassVar, Mapping
 
 import numpy as np
@@ -48,7 +48,6 @@ class Denoise:
     timesteps: np.ndarray  # the scheduler's, for this generation
     sessions: Mapping[str, Session]
     call: Callable[[str, dict], dict]  # (role, feeds) -> outputs, timed and traced by the loop
-    params: dict = field(default_factory=dict)
 
 
 def unet_feeds(sample: np.ndarray, t, hidden: np.ndarray, **extra: np.ndarray) -> dict[str, np.ndarray]:
