@@ -41,7 +41,8 @@ demo: venv
 regress-demo: demo
 	$(BIN)/pocketdiff regress --bundle $(DEMO)/export/student --baseline benchmarks/baselines/toy_quick.json
 
-# The shipped student bundle (pocketdiff/toyworld/assets/student): recipes/toy-full.toml, about 50 min on 2 cores.
+# The shipped student bundle (pocketdiff/toyworld/assets/student): recipes/toy-full.toml, about 3 h on 2 cores
+# (docs/build_toy_full.md lists each stage's time); a rerun, also after a kill, resumes where it stopped.
 toy-full: venv
 	$(BIN)/pocketdiff build --teacher $(TEACHER)/pipeline --recipe recipes/toy-full.toml --out build/toy-full
 
