@@ -92,6 +92,7 @@ def test_compare_ratios_and_end_to_end(tiny_pipeline_dir, onnx_bundle, tmp_path,
     assert text.count("data:image/png;base64,") == 2 and "Ratios to side A" in text and "optimum ORT" in text
 
 
+@pytest.mark.slow  # (make test-slow) two benches for one page
 def test_bench_report_from_saved_json(tiny_pipeline_dir, onnx_bundle, tmp_path, capsys):
     t, o, page = tmp_path / "t.json", tmp_path / "o.json", tmp_path / "r.html"
     assert main(["bench", "--pipeline", str(tiny_pipeline_dir), "--repeat", "2", "--warmup", "1", "--json", str(t),
@@ -119,6 +120,7 @@ def test_compare_bad_sides(tiny_pipeline_dir, capsys, side, message):
     assert message in capsys.readouterr().err
 
 
+@pytest.mark.slow  # (make test-slow) an arch bundle built for it; make test keeps arch FLOPs (test_slim_unet.py)
 def test_bench_arch_builds_once_and_counts_flops(tmp_path, monkeypatch, capsys):
     """--arch builds the random-weight pipeline (and its bundle) once under build/bench; FLOPs come
     from the pipeline's configs even when the measured source is the bundle."""
@@ -138,6 +140,7 @@ def test_bench_arch_builds_once_and_counts_flops(tmp_path, monkeypatch, capsys):
     assert "resolution must be a positive multiple of 16" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # (make test-slow) two arch benches; make test keeps --unet-spec's MACs on the meta device (test_slim_unet.py)
 def test_bench_unet_spec(tmp_path, monkeypatch, capsys):
     """--unet-spec overrides the architecture's UNet config; the counted MACs follow it exactly."""
     monkeypatch.chdir(tmp_path)
@@ -206,6 +209,7 @@ def test_compare_some_components(tiny_pipeline_dir, onnx_bundle, tmp_path, capsy
     assert "unknown component 'vae'; allowed: text_encoder, unet, vae_decoder" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # (make test-slow) two tiny bundles built for it; make test keeps the spec's parsing and MACs (test_slim_unet.py)
 def test_compare_arch_sides_with_a_spec(tmp_path, monkeypatch):
     """arch=tiny vs arch=tiny,spec=FILE: built once under the cache, compared as bundles."""
     from pocketdiff.benchmarks.compare import parse_side

@@ -103,6 +103,7 @@ def test_recipe_errors(tmp_path):
         load_recipe(_recipe(tmp_path), ["steps.distill.iters"])
 
 
+@pytest.mark.slow  # (make test-slow) make test resumes a build after real SIGKILLs (test_build_survives_real_kills)
 def test_tiny_build_killed_mid_stage_resumes_and_skips(tiny_pipeline_dir, tmp_path):
     from pocketdiff.loop import Interrupted
     from pocketdiff.pipedir import read_history
@@ -141,6 +142,7 @@ def test_tiny_build_killed_mid_stage_resumes_and_skips(tiny_pipeline_dir, tmp_pa
     assert read_history(work / "decoder")[-1].config["steps"] == 3
 
 
+@pytest.mark.slow  # (make test-slow) make test gates the shipped student and fails its zeroed-decoder copy (test_shipped_student.py)
 def test_regression_gate_fails_on_a_degraded_bundle(tmp_path):
     """The gate passes the shipped toy teacher's bundle against bounds set just below its own numbers, and
     fails the same bundle with its decoder's weights zeroed (exit 1, the regressed metrics named)."""

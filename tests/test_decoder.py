@@ -56,8 +56,8 @@ def test_decoders_save_load_and_run_in_the_pipeline(tiny_pipe, tmp_path):
 
 
 # the pruned decoder has the teacher decoder's ops (exported on every target by test_bundle); the TAESD-style
-# one has its own, so it goes to ExecuTorch too (in make test-slow, for make test's time)
-@pytest.mark.parametrize("kind,targets", [("pruned", ("onnx",)), ("tiny", ("onnx",)),
+# one has its own, so it goes to ExecuTorch too (in make test-slow, for make test's time, as does the pruned one)
+@pytest.mark.parametrize("kind,targets", [pytest.param("pruned", ("onnx",), marks=pytest.mark.slow), ("tiny", ("onnx",)),
                                           pytest.param("tiny", ("executorch",), marks=pytest.mark.slow)])
 def test_decoders_export_with_parity(tiny_pipe, tmp_path, kind, targets):
     from diffusers import StableDiffusionPipeline
