@@ -86,6 +86,11 @@ class Scheduler:
         _check(cfg["timestep_spacing"], self.SPACINGS, "timestep_spacing")
         self.config = cfg
         self.alphas_cumprod = alphas_cumprod(cfg)
+        a = float(self.alphas_cumprod[-1])  # sigma = sqrt((1 - a) / a): past MAX_SIGMA float32 steps overflow
+        if not a > 1 / (1 + MAX_SIGMA ** 2):
+            raise PocketdiffError(f"scheduler config leaves no signal: alphas_cumprod falls to {a:.3g} by timestep "
+                                  f"{cfg['num_train_timesteps'] - 1} (sigma over {MAX_SIGMA:g}); shorten "
+                                  "num_train_timesteps or lower beta_end")
         self.timesteps = np.zeros(0, dtype=np.int64)
         self.num_inference_steps = 0
 
@@ -115,6 +120,7 @@ class Scheduler:
 
 
 MAX_TRAIN_TIMESTEPS = 100_000
+MAX_SIGMA = 1e6  # SD1.5's schedule ends at sigma 14.6
 
 
 def _check_types(cfg: dict, defaults: dict) -> None:
