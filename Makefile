@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 QUIET_PIP := { grep -v "^WARNING: Location '.*' is ignored" || true; }
 DEMO := build/demo
 
-.PHONY: venv test test-slow demo regress-demo toy-full teacher baseline export-bench bench-sd15 slim-toy bench-slim-sd15 decoder-toy bench-decoder-sd15 steps-toy clean
+.PHONY: venv test test-slow demo regress-demo toy-full teacher baseline export-bench bench-sd15 slim-toy bench-slim-sd15 decoder-toy bench-decoder-sd15 steps-toy ddsm-toy ddsm-sd15 clean
 
 venv: $(STAMP)
 
@@ -136,6 +136,17 @@ steps-toy: venv
 		--student vanilla=$(STEPS)/vanilla.work --student embed=$(STEPS)/embed.work \
 		--student cfg-p05=$(STEPS)/cfg-p05.work --student cfg-ema=$(STEPS)/cfg-ema.work \
 		--student cfg-32=$(STEPS)/cfg-32.work --out docs/step_distillation_toy
+
+# DDSM on the toy teacher (issue 22): sandwich training of the slimmable UNet, the width-per-step search at 8
+# DPM-Solver++ and 25 DDIM steps, 1000-prompt evals and a bench compare per setting -> docs/ddsm_toy.md.
+# Cached under build/ddsm (resumes); about an hour on 2 cores.
+ddsm-toy: venv
+	$(BIN)/python scripts/ddsm_toy.py
+
+# DDSM at SD1.5 scale: per-width UNet MACs and onnxruntime latency (512², batch 2, 2 threads, alternating) and the
+# toy schedules priced on SD1.5 -> docs/ddsm_sd15.md. Exports cached under build/ddsm_sd15.
+ddsm-sd15: venv
+	$(BIN)/python scripts/ddsm_sd15.py
 
 clean:
 	rm -rf build .pytest_cache

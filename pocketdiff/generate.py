@@ -20,7 +20,7 @@ from PIL import Image
 from pocketdiff.errors import PocketdiffError, choice_error
 from pocketdiff.export.roles import get_role
 from pocketdiff.pipedir import atomic_output_file, inspect_pipeline, load_pipeline
-from pocketdiff.runtime.policies import default_policy_name, make_policy
+from pocketdiff.runtime.policies import StepPolicy, default_policy_name, make_policy
 from pocketdiff.runtime.rng import check_seed, initial_latents
 from pocketdiff.runtime.sampler import (TEXT_ENCODER, VAE_DECODER, GenerationResult, ProgressCallback,
                                         RuntimePipeline, check_generation_args)
@@ -164,22 +164,26 @@ def save_png(image: np.ndarray, out: str | Path) -> Path:
 def generate_many(prompts: list[str], cfg: GenerateConfig, pipeline_dir: str | Path | None = None,
                   onnx_dir: str | Path | None = None, batch_size: int = 64,
                   callback: ProgressCallback | None = None, output: str = "image",
-                  bundle_dir: str | Path | None = None, backend: str = "onnx", trusted_key=None) -> np.ndarray:
+                  bundle_dir: str | Path | None = None, backend: str = "onnx", trusted_key=None,
+                  policy: StepPolicy | None = None) -> np.ndarray:
     """Images for many prompts; image i starts from the runtime RNG with seed ``cfg.seed + i``.
 
     The torch path batches prompts through diffusers; the runtime path runs one prompt at a time, as
     a phone would. Returns uint8 [N, H, W, 3], or with ``output="latent"`` (torch path only) the final
     latents float32 [N, C, h, w] as the UNet makes them, to decode with several decoders
-    (``images_from_latents``).
+    (``images_from_latents``). ``policy`` replaces a bundle's own step policy (e.g. another DDSM width schedule
+    over the same bundle's UNets).
     """
     cfg.validate()
+    if policy is not None and bundle_dir is None:
+        raise PocketdiffError("a step policy override needs a bundle (bundle_dir)")
     if output not in ("image", "latent"):
         raise choice_error("generate_many output", output, ("image", "latent"))
     if output == "latent" and (onnx_dir or bundle_dir) is not None:
         raise PocketdiffError("output='latent' needs pipeline_dir (the torch path); the runtime returns images only")
     if onnx_dir is not None or bundle_dir is not None:  # a bundle: its manifest's scheduler, on ``backend``
-        pipe = (RuntimePipeline.from_bundle(bundle_dir, backend, trusted_key=trusted_key) if bundle_dir is not None
-                else runtime_from_onnx_folder(onnx_dir))
+        pipe = (RuntimePipeline.from_bundle(bundle_dir, backend, trusted_key=trusted_key, policy=policy)
+                if bundle_dir is not None else runtime_from_onnx_folder(onnx_dir))
         out = []
         for i, p in enumerate(prompts):
             out.append(pipe.generate(p, steps=cfg.steps, guidance=cfg.guidance, seed=cfg.seed + i,

@@ -3,7 +3,9 @@
 - A bundle pins its default steps and guidance (``manifest.defaults``) and its scheduler
   (``manifest.scheduler.name``).
 - A pipeline a ``distill-steps`` run wrote pins the steps it was trained for (its stage record's
-  ``student_steps``); it samples with its own scheduler. Other pipelines pin nothing.
+  ``student_steps``); it samples with its own scheduler. A pipeline a ``ddsm-search`` wrote pins the
+  sampler its width schedule was searched for (its record's ``pins``: steps, guidance, scheduler). Other
+  pipelines pin nothing.
 
 ``generate``, ``eval``, ``regress`` and ``bench compare`` all take their defaults from
 :func:`pinned_defaults`, and fall back to :data:`FALLBACK_STEPS`/``FALLBACK_GUIDANCE`` only where nothing
@@ -51,5 +53,10 @@ def pinned_defaults(pipeline: str | Path | None = None, bundle: str | Path | Non
         m = load_bundle(bundle, verify=False).manifest
         return Pinned(m["defaults"]["steps"], float(m["defaults"]["guidance"]), m["scheduler"]["name"])
     if pipeline is not None:
+        for rec in reversed(read_history(pipeline)):
+            if "pins" in rec.config:
+                return Pinned(**rec.config["pins"])
+            if "student_steps" in rec.config:
+                break
         return Pinned(trained_steps(pipeline))
     return Pinned()

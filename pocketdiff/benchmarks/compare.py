@@ -219,7 +219,7 @@ def _pipeline_calls(side: Side, role: str, batches: list[int], threads: int, opt
     if side.backend == "optimum":
         return {b: optimum_component_call(side.path, role, feeds[b], threads, optimum_cache) for b in batches}
     torch.set_num_threads(threads)
-    spec = next(s for s in component_specs(load_pipeline(side.path)) if s.name == role)
+    spec = component_specs(load_pipeline(side.path), roles=[role])[0]
     calls = {}
     for b in batches:
         args = [torch.from_numpy(feeds[b][n]) for n in spec.input_names]

@@ -86,7 +86,7 @@ def _torch_worker(source: str, role: str, batch: int, threads: int, warmup: int,
     def load():
         torch.set_num_threads(threads)
         pipe = load_pipeline(source)
-        spec = next(s for s in component_specs(pipe) if s.name == role)
+        spec = component_specs(pipe, roles=[role])[0]
         feeds = get_role(role).fixed_inputs(Dims.from_pipe(pipe), batch)
         args = [torch.from_numpy(feeds[n]) for n in spec.input_names]
 
@@ -117,7 +117,7 @@ def meta_pipeline(pipeline_dir: str | Path):
 def component_flops(pipe, role: str, batch: int) -> dict:
     import torch
 
-    spec = next(s for s in component_specs(pipe) if s.name == role)
+    spec = component_specs(pipe, roles=[role])[0]
     with torch.device("meta"):
         example = tuple(torch.zeros((batch, *x.shape[1:]) if n in spec.batch_inputs else x.shape, dtype=x.dtype)
                         for x, n in zip(spec.example, spec.input_names))

@@ -171,7 +171,7 @@ def write_report(result: dict, out_json: str | Path, grid: np.ndarray | None = N
 
 def evaluate_source(gen, prompts: str = "toy-val", n: int = 500, eval_models: str | Path | None = None,
                     real: "RealEvalInputs | None" = None, pipeline_dir=None, onnx_dir=None, bundle_dir=None,
-                    callback=None, backend: str = "onnx", trusted_key=None) -> tuple[dict, np.ndarray]:
+                    callback=None, backend: str = "onnx", trusted_key=None, policy=None) -> tuple[dict, np.ndarray]:
     """Generate an eval set with ``gen`` (a ``GenerateConfig``; its seed seeds the prompt set too) from one
     source (a pipeline folder, an ONNX folder or a bundle) and score it; (result, images).
 
@@ -181,22 +181,26 @@ def evaluate_source(gen, prompts: str = "toy-val", n: int = 500, eval_models: st
     sets: 2n images). With ``real`` (see :func:`check_real_eval_inputs`): its
     captions, Inception FID against its reference images, CLIP score with its local CLIP. This is the one
     implementation ``pocketdiff eval``, the build's eval stage and the regression gate share. A bundle runs on
-    ``backend``, its manifest's signature checked with ``trusted_key`` when one is given."""
+    ``backend``, its manifest's signature checked with ``trusted_key`` when one is given, with its own step policy
+    or ``policy``."""
     source = {"pipeline_dir": pipeline_dir, "onnx_dir": onnx_dir, "bundle_dir": bundle_dir}
     if sum(v is not None for v in source.values()) != 1:
         raise PocketdiffError(f"evaluate one source: a pipeline, an ONNX folder or a bundle; got {source}")
     if real is not None:
-        images = generate_many(real.captions, gen, **source, callback=callback, backend=backend, trusted_key=trusted_key)
+        images = generate_many(real.captions, gen, **source, callback=callback, backend=backend, trusted_key=trusted_key,
+                               policy=policy)
         result = evaluate_real(real, images)
     else:
         items = prompt_set(prompts, n, gen.seed)
         again = rephrased(items, gen.seed)
         progress = (lambda done, total: callback(done, 2 * total)) if callback else None
-        images = generate_many([it.prompt for it in items], gen, **source, callback=progress, backend=backend, trusted_key=trusted_key)
+        images = generate_many([it.prompt for it in items], gen, **source, callback=progress, backend=backend, trusted_key=trusted_key,
+                               policy=policy)
         models = EvalModels.load(eval_models or TOY_TEACHER_DIR)
         result = evaluate_images(models, items, images, seed=gen.seed)
         progress = (lambda done, total: callback(total + done, 2 * total)) if callback else None
-        other = generate_many([it.prompt for it in again], gen, **source, callback=progress, backend=backend, trusted_key=trusted_key)
+        other = generate_many([it.prompt for it in again], gen, **source, callback=progress, backend=backend, trusted_key=trusted_key,
+                               policy=policy)
         attrs = attribute_report(models, again, other)
         result.update(prompts=prompts, rephrased={"attribute_accuracy": attrs["overall"]["all"], "attributes": attrs,
                                                    "examples": [it.prompt for it in again[:4]]})

@@ -1,4 +1,5 @@
-"""Stage commands (``slim-robust``, ``slim-evolve``, ``slim-finetune``, ``distill-decoder``, ``distill-steps``),
+"""Stage commands (``slim-robust``, ``slim-evolve``, ``slim-finetune``, ``distill-decoder``, ``distill-steps``,
+``ddsm-train``, ``ddsm-search``),
 ``build`` and ``regress``.
 
 Each stage command's flags are generated from its config dataclass (:data:`STAGE_COMMANDS`: command ->
@@ -14,6 +15,8 @@ from pocketdiff.benchmarks.regress import regress, table
 from pocketdiff.build import build, load_recipe
 from pocketdiff.cli.common import (add_config_args, add_trusted_key, config_from_args, note_verification, stage_parser,
                                    trusted_key, workdir_for)
+from pocketdiff.distill.ddsm_search import DDSMSearchConfig, ddsm_search
+from pocketdiff.distill.ddsm_train import DDSMTrainConfig, ddsm_train
 from pocketdiff.distill.decoder import DecoderDistillConfig, distill_decoder
 from pocketdiff.distill.evolution import EvolveConfig, evolve
 from pocketdiff.distill.kd import KDTrainConfig
@@ -61,6 +64,22 @@ def _distill_steps(args, cfg: StepDistillConfig) -> str:
             f"student, checkpoints and loss logs in {workdir_for(args)}")
 
 
+def _ddsm_train(args, cfg: DDSMTrainConfig) -> str:
+    out = ddsm_train(args.pipeline, args.out, cfg, workdir_for(args), progress=not args.no_progress, overwrite=args.force)
+    return (f"wrote the pipeline with the slimmable (DDSM) UNet, widths {', '.join(f'{w:g}' for w in cfg.widths)}, to "
+            f"{out}; checkpoints and loss log (per width) in {workdir_for(args)}")
+
+
+def _ddsm_search(args, cfg: DDSMSearchConfig) -> str:
+    workdir = workdir_for(args)
+    out = ddsm_search(args.pipeline, args.out, cfg, workdir, progress=not args.no_progress, overwrite=args.force)
+    c = read_json(workdir / "report.json")["chosen"]
+    return (f"schedule for {cfg.scheduler}, {cfg.steps} steps: widths {' '.join(f'{w:g}' for w in c['widths'])}; "
+            f"compute {c['cost']:.3f} x the full width ({cfg.cost}), proxy {c['proxy']:.4f}\n"
+            f"wrote the pipeline to {out}; report, generation log and plot: {workdir}/report.json, log.jsonl, "
+            f"search.png")
+
+
 # command -> (config dataclass, handler, help, (extra flag, required, help)...)
 STAGE_COMMANDS = {
     "slim-robust": (KDTrainConfig, _slim_robust, "robust training with random block skipping (resumable; "
@@ -80,6 +99,10 @@ STAGE_COMMANDS = {
                       "regularisation, optionally a guidance-embedded student (resumable per round; SnapFusion)",
                       (("--pipeline", True, "the student's starting pipeline (the teacher, or a slim one)"),
                        ("--teacher", False, "round 1's teacher pipeline (default: --pipeline)"))),
+    "ddsm-train": (DDSMTrainConfig, _ddsm_train, "sandwich training of a slimmable UNet at several widths "
+                   "(resumable; DDSM)", (("--pipeline", True, "teacher (or slim) pipeline folder"),)),
+    "ddsm-search": (DDSMSearchConfig, _ddsm_search, "evolutionary search for a UNet width per step (resumable; "
+                    "DDSM)", (("--pipeline", True, "the DDSM pipeline folder (ddsm-train's output)"),)),
 }
 
 

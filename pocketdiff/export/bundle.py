@@ -240,9 +240,10 @@ def student_bundle(ctx: Context) -> Path:
 def run_export(ctx: Context, cfg: ExportStage) -> None:
     student = ctx.pipeline_before("export")
     ctx.out("export").mkdir(parents=True, exist_ok=True)
-    steps = pinned_defaults(pipeline=student).resolve(None, None, UNDISTILLED_STEPS)[0]
+    pinned = pinned_defaults(pipeline=student)  # a student's steps; a DDSM schedule's steps and sampler
+    steps = pinned.resolve(None, None, UNDISTILLED_STEPS)[0]
     write_bundle(student, student_bundle(ctx), ExportConfig(cfg.targets, cfg.precision, cfg.quantize, steps,
-                                                            cfg.guidance), overwrite=True)
+                                                            cfg.guidance, pinned.scheduler), overwrite=True)
 
 
 STAGE = Stage("export", ExportStage, run_export)

@@ -17,7 +17,9 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor
 from torch import nn
 
+from pocketdiff.architectures.slimmable_unet import materialise_width, export_widths
 from pocketdiff.export.roles import ROLES, Dims
+from pocketdiff.runtime.policies import WIDTH_STEPS, width_role
 from pocketdiff.runtime.sessions import TensorSpec
 
 class TextEncoderExport(nn.Module):
@@ -84,21 +86,34 @@ class ComponentSpec:
     batch_inputs: tuple[str, ...]  # inputs whose dim 0 is the batch
 
 
-# role -> the torch wrapper it exports, built from a loaded pipeline
+def _width_unet(width: float):
+    return lambda pipe: UNetExport(materialise_width(pipe.unet, width))
+
+
+# role -> the torch wrapper it exports, built from a loaded pipeline (a DDSM width: the real smaller UNet)
 WRAPPERS = {
     "text_encoder": lambda pipe: TextEncoderExport(pipe.text_encoder),
     "unet": lambda pipe: UNetExport(pipe.unet),
     "vae_decoder": lambda pipe: VaeDecoderExport(pipe.vae),
+    **{width_role(k / WIDTH_STEPS): _width_unet(k / WIDTH_STEPS) for k in range(1, WIDTH_STEPS)},
 }
 _DTYPES = {"float32": torch.float32, "int32": torch.int32, "int64": torch.int64}
 
 
-def component_specs(pipe, batch: int = 2) -> list[ComponentSpec]:
-    """The pipeline's components, one per registered role, with example inputs at ``batch`` (2 lets dynamo
-    keep the batch dynamic): zeros, and timestep 500."""
+def pipeline_roles(pipe) -> list[str]:
+    """The roles a pipeline exports, in registry order: every non-optional role, and a DDSM UNet's widths
+    (:func:`~pocketdiff.architectures.slimmable_unet.export_widths`)."""
+    widths = {width_role(w) for w in export_widths(pipe.unet)}
+    return [r.name for r in ROLES.values() if not r.optional or r.name in widths]
+
+
+def component_specs(pipe, batch: int = 2, roles=None) -> list[ComponentSpec]:
+    """The pipeline's components (``roles``, default :func:`pipeline_roles`), with example inputs at ``batch``
+    (2 lets dynamo keep the batch dynamic): zeros, and timestep 500."""
     dims = Dims.from_pipe(pipe)
     specs = []
-    for role in ROLES.values():
+    for name in roles if roles is not None else pipeline_roles(pipe):
+        role = ROLES[name]
         inputs, outputs = role.io(dims, batch)
         example = tuple(torch.tensor(500.0) if i.name == "timestep" else torch.zeros(i.shape, dtype=_DTYPES[i.dtype])
                         for i in inputs)
@@ -110,7 +125,7 @@ def component_specs(pipe, batch: int = 2) -> list[ComponentSpec]:
 
 def torch_reference(pipe, name: str, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Run one component in PyTorch fp32 on numpy inputs named as in the exported graph."""
-    spec = next(s for s in component_specs(pipe) if s.name == name)
+    spec = component_specs(pipe, roles=[name])[0]
     args = [torch.from_numpy(np.asarray(inputs[n])) for n in spec.input_names]
     with torch.no_grad():
         out = spec.module(*args)

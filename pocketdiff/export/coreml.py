@@ -36,6 +36,7 @@ from pocketdiff.errors import PocketdiffError
 from pocketdiff.export.components import component_record, component_specs, guidance_embed_dim, tensor_spec
 from pocketdiff.export.parity import component_parity, parity_level
 from pocketdiff.export.roles import MAX_TOKENS, ROLES
+from pocketdiff.runtime.policies import WIDTH_ROLES
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "fp16")
@@ -83,27 +84,34 @@ def apple_io(pipe, cfg: bool) -> dict[str, tuple[nn.Module, list[dict], list[dic
     factor = pipe.vae.config.scaling_factor
     w_dim = guidance_embed_dim(pipe.unet)  # a guidance-embedded UNet takes its w embedding too
     image = s * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    unet_io = ([tensor_spec("sample", [u, c, s, s], "float32"), tensor_spec("timestep", [u], "float32"),
+                tensor_spec("encoder_hidden_states", [u, d, 1, MAX_TOKENS], "float32"),
+                *([tensor_spec("timestep_cond", [u, w_dim], "float32")] if w_dim else [])],
+               [tensor_spec("noise_pred", [u, c, s, s], "float32")])
+    widths = {r: (UnetCoreML(spec.module), *unet_io) for r, spec in specs.items() if _unet_like(r) and r != "unet"}
     return {
         "text_encoder": (TextEncoderCoreML(specs["text_encoder"].module),
                          [tensor_spec("input_ids", [1, MAX_TOKENS], "float32")],
                          [tensor_spec("last_hidden_state", [1, MAX_TOKENS, d], "float32"),
                           tensor_spec("pooled_outputs", [1, d], "float32")]),
-        "unet": (UnetCoreML(specs["unet"].module),
-                 [tensor_spec("sample", [u, c, s, s], "float32"), tensor_spec("timestep", [u], "float32"),
-                  tensor_spec("encoder_hidden_states", [u, d, 1, MAX_TOKENS], "float32"),
-                  *([tensor_spec("timestep_cond", [u, w_dim], "float32")] if w_dim else [])],
-                 [tensor_spec("noise_pred", [u, c, s, s], "float32")]),
+        "unet": (UnetCoreML(specs["unet"].module), *unet_io),
+        **widths,  # a DDSM UNet's widths: the same layout
         "vae_decoder": (VAEDecoderCoreML(specs["vae_decoder"].module, factor),
                         [tensor_spec("z", [1, c, s, s], "float32")],
                         [tensor_spec("image", [1, 3, image, image], "float32")]),
     }
 
 
+def _unet_like(role: str) -> bool:
+    """The UNet and its per-width variants (one I/O layout)."""
+    return role == "unet" or role in WIDTH_ROLES
+
+
 def to_apple_feeds(role: str, feeds: dict[str, np.ndarray], scaling_factor: float) -> dict[str, np.ndarray]:
     """Map the common (optimum-named) component inputs to the Apple layout of the same call."""
     if role == "text_encoder":
         return {"input_ids": feeds["input_ids"].astype(np.float32)}
-    if role == "unet":
+    if _unet_like(role):
         b = feeds["sample"].shape[0]
         return {"sample": feeds["sample"], "timestep": np.full((b,), feeds["timestep"], np.float32),
                 "encoder_hidden_states": feeds["encoder_hidden_states"].transpose(0, 2, 1)[:, :, None, :],
@@ -113,7 +121,7 @@ def to_apple_feeds(role: str, feeds: dict[str, np.ndarray], scaling_factor: floa
 
 def from_apple_outputs(role: str, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     names = {"text_encoder": {"last_hidden_state": "last_hidden_state", "pooled_outputs": "pooler_output"},
-             "unet": {"noise_pred": "out_sample"}, "vae_decoder": {"image": "sample"}}[role]
+             "unet": {"noise_pred": "out_sample"}, "vae_decoder": {"image": "sample"}}["unet" if _unet_like(role) else role]
     return {names[k]: np.asarray(v, np.float32) for k, v in outputs.items() if k in names}
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pocketdiff.errors import choice_error
-from pocketdiff.runtime.policies import guidance_scale_embedding
+from pocketdiff.runtime.policies import WIDTH_ROLES, guidance_scale_embedding
 from pocketdiff.runtime.sessions import TensorSpec
 
 MAX_TOKENS = 77
@@ -94,6 +94,7 @@ class Role:
     coreml_resource: str
     per_step: bool = False
     bench_batches: tuple[int, ...] = (1,)
+    optional: bool = False  # only some pipelines have it (a DDSM UNet's widths): never benched or exported unasked
 
     @property
     def onnx_file(self) -> str:
@@ -162,6 +163,10 @@ register_role(Role(
             Port("timestep_cond", ("B", "W"), fill="w_embedding", needs="W")),
     outputs=(Port("out_sample", ("B", "C", "h", "h")),),
     onnx_folder="unet", coreml_resource="Unet", per_step=True, bench_batches=(1, 2)))
+for _name in WIDTH_ROLES:  # DDSM: the UNet at a width k/8 (runtime/policies/ddsm.py names them), same I/O
+    register_role(Role(_name, inputs=ROLES["unet"].inputs, outputs=ROLES["unet"].outputs, onnx_folder=_name,
+                       coreml_resource=f"Unet{_name.removeprefix('unet')}", per_step=True, bench_batches=(1, 2),
+                       optional=True))
 register_role(Role(
     "vae_decoder",
     inputs=(Port("latent_sample", ("B", "C", "h", "h")),),
@@ -176,5 +181,6 @@ def get_role(name: str) -> Role:
 
 
 def bench_cases(roles=None) -> list[tuple[str, int]]:
-    """(role, batch) pairs ``bench`` times, in registry order (all roles, or those named)."""
-    return [(r.name, b) for r in ROLES.values() if roles is None or r.name in roles for b in r.bench_batches]
+    """(role, batch) pairs ``bench`` times, in registry order (every role every pipeline has, or those named)."""
+    return [(r.name, b) for r in ROLES.values() if (roles is None and not r.optional) or (roles is not None and r.name in roles)
+            for b in r.bench_batches]

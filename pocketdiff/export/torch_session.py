@@ -39,16 +39,21 @@ class TorchSession:
 
 
 def default_policy(pipe) -> StepPolicy:
-    """The policy a pipeline's UNet implies: the w-embedded single pass, or CFG."""
+    """The policy a pipeline's UNet implies: a DDSM UNet's searched width schedule, else the w-embedded single
+    pass, or CFG."""
+    schedule = getattr(pipe.unet.config, "ddsm_schedule", None)
+    if schedule:
+        return make_policy("ddsm", {"widths": [float(w) for w in schedule["widths"]]})
     return make_policy(default_policy_name(["timestep_cond"] if guidance_embed_dim(pipe.unet) else []))
 
 
-def torch_runtime(pipe, tokenizer_dir: str | Path, scheduler_config: dict, policy: StepPolicy | None = None
-                  ) -> RuntimePipeline:
-    """The runtime's sampler loop on ``pipe``'s torch modules (one :class:`TorchSession` per role)."""
+def torch_runtime(pipe, tokenizer_dir: str | Path, scheduler_config: dict, policy: StepPolicy | None = None,
+                  roles=None) -> RuntimePipeline:
+    """The runtime's sampler loop on ``pipe``'s torch modules (one :class:`TorchSession` per role; ``roles``
+    default: the roles the pipeline exports)."""
     dims = Dims.from_pipe(pipe)
     sessions = {}
-    for spec in component_specs(pipe):
+    for spec in component_specs(pipe, roles=roles):
         inputs, outputs = ROLES[spec.name].io(dims)
         sessions[spec.name] = TorchSession(spec, inputs, outputs)
     return RuntimePipeline(CLIPBPETokenizer.from_dir(tokenizer_dir), sessions, scheduler_config,
