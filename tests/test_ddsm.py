@@ -107,7 +107,7 @@ def test_export_writes_one_unet_per_scheduled_width_with_parity(ddsm_bundle):
     assert m["sampler"] == {"policy": "ddsm", "params": {"widths": SCHEDULE}}
     for c in m["components"]:  # batch -> output -> result; a failure would have raised at export
         assert all(r["ok"] for b in c["parity"].values() for r in b.values()), c["role"]
-    sizes = {c["role"]: next(f["bytes"] for f in m["files"] if f["path"] == c["file"]) for c in m["components"]}
+    sizes = {c["role"]: next(f["bytes"] for f in m["files"] if f["path"] == c["path"]) for c in m["components"]}
     assert sizes["unet_w500"] < sizes["unet_w750"] < sizes["unet"]  # real smaller modules, no dead weights
     trace = m["test_vectors"] and json.loads((ddsm_bundle / "test_vectors.json").read_text())["sampler"]["trace"]
     steps = [c for c in trace if c["step"] is not None]
@@ -147,6 +147,8 @@ def test_schedule_errors_are_one_line(ddsm_bundle):
         make_policy("ddsm", {"widths": [1.0, 0.3]})
     with pytest.raises(PocketdiffError, match="needs params.widths"):
         make_policy("ddsm", {})
+    assert make_policy("ddsm", {"widths": [1.0, 0.5, 0.5]}).fixed_steps() == 3  # test vectors run all of them
+    assert make_policy("cfg").fixed_steps() is None
 
 
 def test_cli_generate_rejects_a_step_count_the_schedule_does_not_have(ddsm_bundle, tmp_path, capsys):
@@ -160,33 +162,32 @@ def test_cli_generate_rejects_a_step_count_the_schedule_does_not_have(ddsm_bundl
     assert out.is_file()
 
 
-def test_ddsm_build_stage_then_export(tiny_pipeline_dir, tmp_path):
+def test_ddsm_build_stage(tiny_pipeline_dir, tmp_path):
+    """The ``ddsm`` stage in a recipe: train, then search; its output pins the search's sampler, which the
+    ``export`` stage reads (``pinned_defaults``; the export of a schedule is the bundle test above)."""
     from pocketdiff.build import build, load_recipe
+    from pocketdiff.pinned import pinned_defaults
 
     recipe = tmp_path / "r.toml"
     recipe.write_text("""
-stages = ["ddsm", "export"]
+stages = ["ddsm"]
 [ddsm.train]
 widths = [0.5, 1.0]
 steps = 1
 batch_size = 2
 pool_size = 8
 [ddsm.search]
-scheduler = "ddim"
+scheduler = "dpm++2m"
 steps = 2
 guidance = 2.0
 population = 2
 generations = 1
 elite = 1
 n_prompts = 1
-[export]
-targets = ["onnx"]
-guidance = 2.0
 """)
     build(tiny_pipeline_dir, load_recipe(recipe), tmp_path / "work", progress=False)
-    m = json.loads((tmp_path / "work" / "export" / "student" / "manifest.json").read_text())
-    widths = m["sampler"]["params"]["widths"]
-    assert m["sampler"]["policy"] == "ddsm" and len(widths) == 2 and m["defaults"]["steps"] == 2
-    assert m["scheduler"]["name"] == "ddim"
-    want = {"text_encoder", "unet", "vae_decoder"} | ({"unet_w500"} if 0.5 in widths else set())
-    assert {c["role"] for c in m["components"]} == want
+    out = tmp_path / "work" / "ddsm"
+    schedule = load_pipeline(out).unet.config.ddsm_schedule
+    assert schedule["scheduler"] == "dpm++2m" and len(schedule["widths"]) == 2
+    assert set(schedule["widths"]) <= {0.5, 1.0}
+    assert pinned_defaults(pipeline=out) == type(pinned_defaults(pipeline=out))(2, 2.0, "dpm++2m")

@@ -33,14 +33,17 @@ class Parser(argparse.ArgumentParser):
 
 
 class Progress:
-    """A tqdm bar driven by the library's ``callback(done, total)`` progress protocol."""
+    """A tqdm bar driven by the library's ``callback(done, total)`` progress protocol. The bar appears with the
+    first progress report, so a command that fails before any work prints its one error line alone."""
 
     def __init__(self, desc: str, unit: str, disable: bool):
-        from tqdm import tqdm
-
-        self.bar = tqdm(desc=desc, unit=unit, disable=disable, file=sys.stderr)
+        self.desc, self.unit, self.disable, self.bar = desc, unit, disable, None
 
     def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(desc=self.desc, unit=self.unit, disable=self.disable, file=sys.stderr)
         self.bar.total = total
         self.bar.update(done - self.bar.n)
 
@@ -48,7 +51,8 @@ class Progress:
         return self
 
     def __exit__(self, *exc) -> None:
-        self.bar.close()
+        if self.bar is not None:
+            self.bar.close()
 
 
 def field_help(cls) -> dict[str, str]:

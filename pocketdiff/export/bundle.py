@@ -49,7 +49,8 @@ SCHEMA = Path(__file__).with_name("manifest.schema.json")
 VECTOR_PROMPTS = ("a small red circle in the top left on a grey background", "a blue square left of a yellow ring",
                   "Hello, World! 123")
 VECTOR_SEEDS = (0, 42)
-VECTOR_MAX_STEPS = 8  # the policy vectors run the pinned steps, at most this many (an SD1.5 UNet step is seconds)
+VECTOR_MAX_STEPS = 8  # the policy vectors run the pinned steps, at most this many (an SD1.5 UNet step is seconds),
+# except for a policy that runs one step count only (a DDSM schedule)
 ProgressCallback = Callable[[int, int], None]
 
 
@@ -134,7 +135,7 @@ def _test_vectors(pipe, tokenizer_dir: Path, sched_cfg: dict, latent_shape: tupl
     tok = CLIPBPETokenizer.from_dir(tokenizer_dir)
     sched = scheduler_from_config(sched_cfg)
     sched.set_timesteps(steps)
-    n = min(steps, VECTOR_MAX_STEPS)
+    n = policy.fixed_steps() or min(steps, VECTOR_MAX_STEPS)  # a per-step schedule runs its own length
     latents: dict[int, np.ndarray] = {}
     result = torch_runtime(pipe, tokenizer_dir, sched_cfg, policy).generate(
         VECTOR_PROMPTS[0], steps=n, guidance=guidance, seed=0, on_step=lambda i, x: latents.__setitem__(i, x.copy()))

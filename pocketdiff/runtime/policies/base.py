@@ -92,6 +92,10 @@ class StepPolicy:
         """The roles this instance calls in the loop (the loop adds the text encoder and the decoder)."""
         return self.ROLES
 
+    def fixed_steps(self) -> int | None:
+        """The one step count this policy runs (a per-step schedule's length), or None: any."""
+        return None
+
     def texts(self, guidance: float) -> tuple[str, ...]:
         """Which texts to encode, in batch order: ``"negative"`` and/or ``"prompt"``."""
         return ("prompt",)

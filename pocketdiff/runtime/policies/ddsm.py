@@ -49,6 +49,9 @@ class DDSMPolicy(StepPolicy):
     def roles(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(width_role(w) for w in self.params["widths"]))
 
+    def fixed_steps(self) -> int:
+        return len(self.params["widths"])
+
     def _embedded(self, sessions) -> bool:
         return W_INPUT in {s.name for s in sessions[self.roles()[0]].inputs}
 
