@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 QUIET_PIP := { grep -v "^WARNING: Location '.*' is ignored" || true; }
 DEMO := build/demo
 
-.PHONY: venv test test-slow demo regress-demo toy-full teacher baseline export-bench bench-sd15 slim-toy bench-slim-sd15 decoder-toy bench-decoder-sd15 steps-toy ddsm-toy ddsm-sd15 clean
+.PHONY: venv test test-slow demo regress-demo toy-full teacher baseline export-bench bench-sd15 slim-toy bench-slim-sd15 decoder-toy bench-decoder-sd15 steps-toy ddsm-toy ddsm-sd15 clockwork-toy clockwork-sd15 clean
 
 venv: $(STAMP)
 
@@ -147,6 +147,17 @@ ddsm-toy: venv
 # toy schedules priced on SD1.5 -> docs/ddsm_sd15.md. Exports cached under build/ddsm_sd15.
 ddsm-sd15: venv
 	$(BIN)/python scripts/ddsm_sd15.py
+
+# Clockwork on the toy teacher (8 DPM-Solver++ steps) and the shipped student (its pinned 4 steps; needs
+# build/toy-full from make toy-full): adaptor training, the clock period against quality (trained and identity
+# adaptor, 1000-prompt evals) and a bench compare per setting -> docs/clockwork_toy.md. Cached under build/clockwork.
+clockwork-toy: venv
+	$(BIN)/python scripts/clockwork_toy.py
+
+# Clockwork at SD1.5 scale: the full and light graphs' MACs and onnxruntime latency (512², batch 2, 2 threads,
+# alternating), the toy's clock priced on SD1.5 -> docs/clockwork_sd15.md. Exports cached under build/clockwork_sd15.
+clockwork-sd15: venv
+	$(BIN)/python scripts/clockwork_sd15.py
 
 clean:
 	rm -rf build .pytest_cache

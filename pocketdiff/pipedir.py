@@ -253,6 +253,16 @@ def atomic_output_file(path: str | Path) -> Iterator[Path]:
         tmp.unlink(missing_ok=True)
 
 
+def start_stage(out_dir: str | Path, workdir: str | Path, overwrite: bool = False) -> Path:
+    """Before a stage does any work: refuse an existing ``out_dir`` unless ``overwrite``; create and return
+    ``workdir``."""
+    if Path(out_dir).exists() and not overwrite:
+        raise PocketdiffError(f"output {out_dir} exists; pass overwrite to replace it")
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    return workdir
+
+
 def write_pipeline(pipe, out_dir: str | Path, history: list[StageRecord], overwrite: bool = False) -> Path:
     """Save a diffusers pipeline plus ``pocketdiff.json`` atomically. Returns ``out_dir``.
 

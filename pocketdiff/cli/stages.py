@@ -1,5 +1,5 @@
 """Stage commands (``slim-robust``, ``slim-evolve``, ``slim-finetune``, ``distill-decoder``, ``distill-steps``,
-``ddsm-train``, ``ddsm-search``),
+``ddsm-train``, ``ddsm-search``, ``clockwork-train``),
 ``build`` and ``regress``.
 
 Each stage command's flags are generated from its config dataclass (:data:`STAGE_COMMANDS`: command ->
@@ -15,6 +15,7 @@ from pocketdiff.benchmarks.regress import regress, table
 from pocketdiff.build import build, load_recipe
 from pocketdiff.cli.common import (add_config_args, add_trusted_key, config_from_args, note_verification, stage_parser,
                                    trusted_key, workdir_for)
+from pocketdiff.distill.clockwork_train import ClockworkTrainConfig, clockwork_train
 from pocketdiff.distill.ddsm_search import DDSMSearchConfig, ddsm_search
 from pocketdiff.distill.ddsm_train import DDSMTrainConfig, ddsm_train
 from pocketdiff.distill.decoder import DecoderDistillConfig, distill_decoder
@@ -80,6 +81,16 @@ def _ddsm_search(args, cfg: DDSMSearchConfig) -> str:
             f"search.png")
 
 
+def _clockwork_train(args, cfg: ClockworkTrainConfig) -> str:
+    workdir = workdir_for(args)
+    out = clockwork_train(args.pipeline, args.out, cfg, workdir, progress=not args.no_progress, overwrite=args.force)
+    sched = read_json(Path(out) / "unet" / "config.json")["clockwork_schedule"]
+    clock = f"light steps {sched['light_steps']}" if sched["light_steps"] else f"period {sched['period']}"
+    return (f"wrote the pipeline with the {cfg.adaptor} Clockwork adaptor (boundary {cfg.boundary}; {sched['scheduler']}, "
+            f"{sched['steps']} steps, guidance {sched['guidance']:g}, {clock}) to {out}; trajectories, checkpoints and "
+            f"loss log in {workdir}")
+
+
 # command -> (config dataclass, handler, help, (extra flag, required, help)...)
 STAGE_COMMANDS = {
     "slim-robust": (KDTrainConfig, _slim_robust, "robust training with random block skipping (resumable; "
@@ -103,6 +114,9 @@ STAGE_COMMANDS = {
                    "(resumable; DDSM)", (("--pipeline", True, "teacher (or slim) pipeline folder"),)),
     "ddsm-search": (DDSMSearchConfig, _ddsm_search, "evolutionary search for a UNet width per step (resumable; "
                     "DDSM)", (("--pipeline", True, "the DDSM pipeline folder (ddsm-train's output)"),)),
+    "clockwork-train": (ClockworkTrainConfig, _clockwork_train, "distil a Clockwork adaptor on the deployed sampler's "
+                        "trajectories and set the clock (resumable; Clockwork)",
+                        (("--pipeline", True, "teacher or student pipeline folder"),)),
 }
 
 

@@ -50,7 +50,7 @@ from pocketdiff.export.roles import ROLES
 from pocketdiff.export.torch_session import torch_runtime
 from pocketdiff.loop import Interrupted, config_hash
 from pocketdiff.pipedir import (StageRecord, atomic_output_file, inspect_pipeline, load_pipeline, read_history,
-                                read_json, write_pipeline)
+                                read_json, start_stage, write_pipeline)
 from pocketdiff.runtime.policies import make_policy, width_role
 from pocketdiff.runtime.sampler import VAE_DECODER, RuntimePipeline, check_generation_args
 from pocketdiff.runtime.schedulers import get_scheduler_entry
@@ -266,10 +266,7 @@ def ddsm_search(pipeline_dir: str | Path, out_dir: str | Path, cfg: DDSMSearchCo
     from tqdm import tqdm
 
     cfg.validate()
-    if Path(out_dir).exists() and not overwrite:
-        raise PocketdiffError(f"output {out_dir} exists; pass overwrite to replace it")
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = start_stage(out_dir, workdir, overwrite)
     info = inspect_pipeline(pipeline_dir)
     pipe = load_pipeline(pipeline_dir)
     widths = tuple(float(w) for w in getattr(pipe.unet.config, "ddsm_widths", None) or ())

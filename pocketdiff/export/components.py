@@ -17,9 +17,10 @@ import torch
 from diffusers.models.attention_processor import AttnProcessor
 from torch import nn
 
-from pocketdiff.architectures.slimmable_unet import materialise_width, export_widths
+from pocketdiff.architectures.clockwork_unet import is_clockwork
+from pocketdiff.architectures.slimmable_unet import export_widths, materialise_width
 from pocketdiff.export.roles import ROLES, Dims
-from pocketdiff.runtime.policies import WIDTH_STEPS, width_role
+from pocketdiff.runtime.policies import CW_FULL, CW_LIGHT, WIDTH_STEPS, width_role
 from pocketdiff.runtime.sessions import TensorSpec
 
 class TextEncoderExport(nn.Module):
@@ -40,6 +41,32 @@ class UNetExport(nn.Module):
     def forward(self, sample, timestep, encoder_hidden_states, timestep_cond=None):
         # [B,C,h,w], [], [B,77,D] (, [B,W]) -> [B,C,h,w]
         return self.unet(sample, timestep, encoder_hidden_states, timestep_cond=timestep_cond, return_dict=False)[0]
+
+
+class ClockworkFullExport(nn.Module):
+    """Clockwork's full step: the UNet through its split, with the inner part's output as a second output."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample, timestep, encoder_hidden_states, timestep_cond=None):
+        # [B,C,h,w], [], [B,77,D] (, [B,W]) -> [B,C,h,w], lowres_out [B,R,s,s]
+        return self.unet.full_step(sample, timestep, encoder_hidden_states, timestep_cond)
+
+
+class ClockworkLightExport(nn.Module):
+    """Clockwork's light step: the UNet's outer part with the adaptor fed the cache (the last input)."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+        self.embedded = guidance_embed_dim(unet) is not None
+
+    def forward(self, sample, timestep, encoder_hidden_states, fourth, fifth=None):
+        # [B,C,h,w], [], [B,77,D], then lowres_cache [B,R,s,s], or timestep_cond [B,W], lowres_cache -> [B,C,h,w]
+        timestep_cond, cache = (fourth, fifth) if self.embedded else (None, fourth)
+        return self.unet.light_step(sample, timestep, encoder_hidden_states, cache, timestep_cond)
 
 
 def guidance_embed_dim(unet) -> int | None:
@@ -96,15 +123,17 @@ WRAPPERS = {
     "unet": lambda pipe: UNetExport(pipe.unet),
     "vae_decoder": lambda pipe: VaeDecoderExport(pipe.vae),
     **{width_role(k / WIDTH_STEPS): _width_unet(k / WIDTH_STEPS) for k in range(1, WIDTH_STEPS)},
+    CW_FULL: lambda pipe: ClockworkFullExport(pipe.unet),
+    CW_LIGHT: lambda pipe: ClockworkLightExport(pipe.unet),
 }
 _DTYPES = {"float32": torch.float32, "int32": torch.int32, "int64": torch.int64}
 
 
 def pipeline_roles(pipe) -> list[str]:
-    """The roles a pipeline exports, in registry order: every non-optional role, and a DDSM UNet's widths
-    (:func:`~pocketdiff.architectures.slimmable_unet.export_widths`)."""
-    widths = {width_role(w) for w in export_widths(pipe.unet)}
-    return [r.name for r in ROLES.values() if not r.optional or r.name in widths]
+    """The roles a pipeline exports, in registry order: every non-optional role, a DDSM UNet's widths
+    (:func:`~pocketdiff.architectures.slimmable_unet.export_widths`), a Clockwork UNet's full and light graphs."""
+    extra = {width_role(w) for w in export_widths(pipe.unet)} | ({CW_FULL, CW_LIGHT} if is_clockwork(pipe.unet) else set())
+    return [r.name for r in ROLES.values() if not r.optional or r.name in extra]
 
 
 def component_specs(pipe, batch: int = 2, roles=None) -> list[ComponentSpec]:

@@ -35,8 +35,8 @@ from pocketdiff import noise
 from pocketdiff.errors import PocketdiffError
 from pocketdiff.export.components import component_record, component_specs, guidance_embed_dim, tensor_spec
 from pocketdiff.export.parity import component_parity, parity_level
-from pocketdiff.export.roles import MAX_TOKENS, ROLES
-from pocketdiff.runtime.policies import WIDTH_ROLES
+from pocketdiff.export.roles import MAX_TOKENS, ROLES, Dims
+from pocketdiff.runtime.policies import CACHE_IN, CACHE_OUT, CW_FULL, CW_LIGHT, WIDTH_ROLES
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "fp16")
@@ -60,10 +60,11 @@ class UnetCoreML(nn.Module):
         super().__init__()
         self.inner = unet_export
 
-    def forward(self, sample, timestep, encoder_hidden_states, timestep_cond=None):
-        # [U,C,h,w], [U], [U,D,1,77] (, [U,W] for a guidance-embedded UNet) -> [U,C,h,w]
+    def forward(self, sample, timestep, encoder_hidden_states, fourth=None, fifth=None):
+        # [U,C,h,w], [U], [U,D,1,77] (, [U,W] for a guidance-embedded UNet; [U,R,s,s] a Clockwork cache, last)
+        # -> [U,C,h,w] (, a Clockwork full step's lowres_out)
         hidden = encoder_hidden_states.squeeze(2).transpose(1, 2)  # [U,D,1,77] -> [U,77,D]
-        return self.inner(sample, timestep, hidden, timestep_cond)
+        return self.inner(sample, timestep, hidden, *(a for a in (fourth, fifth) if a is not None))
 
 
 class VAEDecoderCoreML(nn.Module):
@@ -88,14 +89,21 @@ def apple_io(pipe, cfg: bool) -> dict[str, tuple[nn.Module, list[dict], list[dic
                 tensor_spec("encoder_hidden_states", [u, d, 1, MAX_TOKENS], "float32"),
                 *([tensor_spec("timestep_cond", [u, w_dim], "float32")] if w_dim else [])],
                [tensor_spec("noise_pred", [u, c, s, s], "float32")])
-    widths = {r: (UnetCoreML(spec.module), *unet_io) for r, spec in specs.items() if _unet_like(r) and r != "unet"}
+    widths = {r: (UnetCoreML(spec.module), *unet_io) for r, spec in specs.items() if r in WIDTH_ROLES}
+    if CW_FULL in specs:  # a Clockwork UNet: the cache is an extra output of the full step, an input of the light one
+        dims = Dims.from_pipe(pipe)
+        cache = [u, dims.cache_channels, dims.cache_size, dims.cache_size]
+        widths[CW_FULL] = (UnetCoreML(specs[CW_FULL].module), unet_io[0],
+                           [*unet_io[1], tensor_spec(CACHE_OUT, cache, "float32")])
+        widths[CW_LIGHT] = (UnetCoreML(specs[CW_LIGHT].module), [*unet_io[0], tensor_spec(CACHE_IN, cache, "float32")],
+                            unet_io[1])
     return {
         "text_encoder": (TextEncoderCoreML(specs["text_encoder"].module),
                          [tensor_spec("input_ids", [1, MAX_TOKENS], "float32")],
                          [tensor_spec("last_hidden_state", [1, MAX_TOKENS, d], "float32"),
                           tensor_spec("pooled_outputs", [1, d], "float32")]),
         "unet": (UnetCoreML(specs["unet"].module), *unet_io),
-        **widths,  # a DDSM UNet's widths: the same layout
+        **widths,  # a DDSM UNet's widths, Clockwork's graphs: the same layout
         "vae_decoder": (VAEDecoderCoreML(specs["vae_decoder"].module, factor),
                         [tensor_spec("z", [1, c, s, s], "float32")],
                         [tensor_spec("image", [1, 3, image, image], "float32")]),
@@ -103,8 +111,8 @@ def apple_io(pipe, cfg: bool) -> dict[str, tuple[nn.Module, list[dict], list[dic
 
 
 def _unet_like(role: str) -> bool:
-    """The UNet and its per-width variants (one I/O layout)."""
-    return role == "unet" or role in WIDTH_ROLES
+    """The UNet and its per-width and Clockwork variants (one I/O layout, plus the Clockwork cache)."""
+    return role in ("unet", CW_FULL, CW_LIGHT) or role in WIDTH_ROLES
 
 
 def to_apple_feeds(role: str, feeds: dict[str, np.ndarray], scaling_factor: float) -> dict[str, np.ndarray]:
@@ -115,13 +123,13 @@ def to_apple_feeds(role: str, feeds: dict[str, np.ndarray], scaling_factor: floa
         b = feeds["sample"].shape[0]
         return {"sample": feeds["sample"], "timestep": np.full((b,), feeds["timestep"], np.float32),
                 "encoder_hidden_states": feeds["encoder_hidden_states"].transpose(0, 2, 1)[:, :, None, :],
-                **({"timestep_cond": feeds["timestep_cond"]} if "timestep_cond" in feeds else {})}
+                **{k: feeds[k] for k in ("timestep_cond", CACHE_IN) if k in feeds}}
     return {"z": feeds["latent_sample"] * np.float32(scaling_factor / SWIFT_DECODER_SCALE)}
 
 
 def from_apple_outputs(role: str, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     names = {"text_encoder": {"last_hidden_state": "last_hidden_state", "pooled_outputs": "pooler_output"},
-             "unet": {"noise_pred": "out_sample"}, "vae_decoder": {"image": "sample"}}["unet" if _unet_like(role) else role]
+             "unet": {"noise_pred": "out_sample", CACHE_OUT: CACHE_OUT}, "vae_decoder": {"image": "sample"}}["unet" if _unet_like(role) else role]
     return {names[k]: np.asarray(v, np.float32) for k, v in outputs.items() if k in names}
 
 

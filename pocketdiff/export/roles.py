@@ -5,8 +5,9 @@ the bundle writer).
 A role carries:
 
 - its I/O spec: tensor names, shapes in symbols (``B`` batch, ``C``/``h`` latent channels and size, ``T``
-  77 tokens, ``D`` text width, ``H`` image size, ``W`` the guidance-embedding width; an input that needs
-  ``W`` exists only when the model has one), dtypes, and how its fixed inputs are drawn;
+  77 tokens, ``D`` text width, ``H`` image size, ``W`` the guidance-embedding width, ``R``/``s`` a Clockwork
+  UNet's cached low-resolution feature channels and size; an input that needs ``W`` exists only when the model
+  has one), dtypes, and how its fixed inputs are drawn;
 - its ONNX folder in optimum's layout (``<folder>/model.onnx``), its Core ML resource name (apple's Swift
   package), its ExecuTorch file;
 - whether it runs inside the denoising loop (``per_step``: static-shape targets then export it at the
@@ -24,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pocketdiff.errors import choice_error
-from pocketdiff.runtime.policies import WIDTH_ROLES, guidance_scale_embedding
+from pocketdiff.runtime.policies import CACHE_IN, CACHE_OUT, CW_FULL, CW_LIGHT, WIDTH_ROLES, guidance_scale_embedding
 from pocketdiff.runtime.sessions import TensorSpec
 
 MAX_TOKENS = 77
@@ -54,17 +55,20 @@ class Dims:
     vocab_size: int
     image_size: int
     guidance_embed_dim: int | None = None
+    cache_channels: int | None = None  # a Clockwork UNet's lowres_out [B, R, s, s]
+    cache_size: int | None = None
 
     def symbol(self, s: str) -> int | None:
         return {"C": self.latent_channels, "h": self.latent_size, "D": self.hidden_size, "H": self.image_size,
-                "W": self.guidance_embed_dim, "T": MAX_TOKENS}[s]
+                "W": self.guidance_embed_dim, "T": MAX_TOKENS, "R": self.cache_channels, "s": self.cache_size}[s]
 
     @classmethod
     def from_configs(cls, unet_config: dict, text_encoder_config: dict, vae_config: dict) -> "Dims":
-        s = unet_config["sample_size"]
+        s, r = unet_config["sample_size"], unet_config.get("clockwork_boundary")
+        cache = (unet_config["block_out_channels"][r], s // 2 ** (r - 1)) if r else (None, None)
         return cls(unet_config["in_channels"], s, text_encoder_config["hidden_size"],
                    text_encoder_config["vocab_size"], s * 2 ** (len(vae_config["block_out_channels"]) - 1),
-                   unet_config.get("time_cond_proj_dim"))
+                   unet_config.get("time_cond_proj_dim"), *cache)
 
     @classmethod
     def from_pipe(cls, pipe) -> "Dims":
@@ -82,7 +86,11 @@ class Dims:
         vocab = len(bundle.tokenizer().encoder)
         w = unet.get("timestep_cond", [None])[-1]
         d = hidden[1] if len(hidden) == 4 else hidden[-1]  # Core ML's apple layout is [B, D, 1, 77]
-        return cls(c, s, d, vocab, m["model"]["image_size"][0], w)
+        cache = (None, None)
+        if any(c.role == CW_FULL and c.target == target for c in bundle.components):
+            out = {o["name"]: o["shape"] for o in bundle.component(CW_FULL, target).outputs}[CACHE_OUT]
+            cache = (out[1], out[-1])
+        return cls(c, s, d, vocab, m["model"]["image_size"][0], w, *cache)
 
 
 @dataclass(frozen=True)
@@ -167,6 +175,13 @@ for _name in WIDTH_ROLES:  # DDSM: the UNet at a width k/8 (runtime/policies/dds
     register_role(Role(_name, inputs=ROLES["unet"].inputs, outputs=ROLES["unet"].outputs, onnx_folder=_name,
                        coreml_resource=f"Unet{_name.removeprefix('unet')}", per_step=True, bench_batches=(1, 2),
                        optional=True))
+_CACHE = Port(CACHE_OUT, ("B", "R", "s", "s"), needs="R")  # Clockwork: lowres_out of the last full step
+register_role(Role(CW_FULL, inputs=ROLES["unet"].inputs, outputs=(*ROLES["unet"].outputs, _CACHE),
+                   onnx_folder=CW_FULL, coreml_resource="UnetClockworkFull", per_step=True, bench_batches=(1, 2),
+                   optional=True))
+register_role(Role(CW_LIGHT, inputs=(*ROLES["unet"].inputs, Port(CACHE_IN, _CACHE.shape, needs="R")),
+                   outputs=ROLES["unet"].outputs, onnx_folder=CW_LIGHT, coreml_resource="UnetClockworkLight",
+                   per_step=True, bench_batches=(1, 2), optional=True))
 register_role(Role(
     "vae_decoder",
     inputs=(Port("latent_sample", ("B", "C", "h", "h")),),

@@ -39,11 +39,14 @@ class TorchSession:
 
 
 def default_policy(pipe) -> StepPolicy:
-    """The policy a pipeline's UNet implies: a DDSM UNet's searched width schedule, else the w-embedded single
-    pass, or CFG."""
+    """The policy a pipeline's UNet implies: a DDSM UNet's searched width schedule, a Clockwork UNet's clock, else
+    the w-embedded single pass, or CFG."""
     schedule = getattr(pipe.unet.config, "ddsm_schedule", None)
     if schedule:
         return make_policy("ddsm", {"widths": [float(w) for w in schedule["widths"]]})
+    clock = getattr(pipe.unet.config, "clockwork_schedule", None)
+    if clock:
+        return make_policy("clockwork", {k: clock[k] for k in ("period", "light_steps")})
     return make_policy(default_policy_name(["timestep_cond"] if guidance_embed_dim(pipe.unet) else []))
 
 

@@ -3,6 +3,10 @@
 - ``cfg`` (``cfg.py``): two-pass classifier-free guidance as one batch-2 UNet call per step.
 - ``guidance_embedded`` (``guidance_embedded.py``): one batch-1 pass with the w embedding.
 - ``ddsm`` (``ddsm.py``): a UNet width per step, each width its own role (DDSM).
+- ``clockwork`` (``clockwork.py``): full steps cache the UNet's low-resolution output, light steps reuse it
+  through a trained adaptor (Clockwork).
+
+``ddsm`` and ``clockwork`` share their guidance handling (``guided.py``).
 
 A bundle's manifest names its policy and params (``sampler: {policy, params}``); a bundle written
 before policies existed has none and gets :func:`default_policy_name` of its UNet, exactly the
@@ -16,6 +20,7 @@ from typing import Any, Mapping
 from pocketdiff.errors import PocketdiffError, choice_error
 from pocketdiff.runtime.policies.base import UNET, Call, Denoise, StepPolicy, cfg_combine, unet_feeds
 from pocketdiff.runtime.policies.cfg import CFGPolicy
+from pocketdiff.runtime.policies.clockwork import CACHE_IN, CACHE_OUT, CW_FULL, CW_LIGHT, ClockworkPolicy, clock_schedule
 from pocketdiff.runtime.policies.ddsm import WIDTH_ROLES, WIDTH_STEPS, DDSMPolicy, width_role
 from pocketdiff.runtime.policies.guidance_embedded import W_INPUT, GuidanceEmbeddedPolicy, guidance_scale_embedding
 
@@ -33,6 +38,7 @@ def register_policy(cls: type[StepPolicy]) -> type[StepPolicy]:
 register_policy(CFGPolicy)
 register_policy(GuidanceEmbeddedPolicy)
 register_policy(DDSMPolicy)
+register_policy(ClockworkPolicy)
 
 
 def make_policy(name: str, params: Mapping[str, Any] | None = None) -> StepPolicy:
@@ -54,6 +60,6 @@ def runtime_roles() -> set[str]:
     return {"text_encoder", "vae_decoder"} | {r for cls in POLICIES.values() for r in cls.ROLES}
 
 
-__all__ = ["POLICIES", "UNET", "WIDTH_ROLES", "WIDTH_STEPS", "Call", "CFGPolicy", "DDSMPolicy", "Denoise", "GuidanceEmbeddedPolicy", "StepPolicy", "W_INPUT",
+__all__ = ["CACHE_IN", "CACHE_OUT", "CW_FULL", "CW_LIGHT", "ClockworkPolicy", "clock_schedule", "POLICIES", "UNET", "WIDTH_ROLES", "WIDTH_STEPS", "Call", "CFGPolicy", "DDSMPolicy", "Denoise", "GuidanceEmbeddedPolicy", "StepPolicy", "W_INPUT",
            "cfg_combine", "default_policy_name", "guidance_scale_embedding", "make_policy", "register_policy",
            "runtime_roles", "unet_feeds", "width_role"]
