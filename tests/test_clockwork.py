@@ -131,6 +131,27 @@ def test_adaptor_training_resumes_and_logs_named_terms(trained, tiny_pipeline_di
                if not k.startswith("adaptor."))  # the UNet itself stayed frozen
 
 
+def test_a_work_dir_with_other_trajectories_is_refused(trained, tiny_pipeline_dir):
+    cfg = ClockworkTrainConfig(scheduler="dpm++2m", sampler_steps=5, guidance=2.0, n_trajectories=3, steps=2,
+                               batch_size=4, max_gap=2)
+    with pytest.raises(PocketdiffError, match="holds trajectories of another pipeline, sampler or data draw"):
+        clockwork_train(tiny_pipeline_dir, trained / "other", cfg, trained / "work", progress=False)
+    assert not (trained / "other").exists()
+
+
+def test_cli_errors_are_one_line(tiny_pipeline_dir, tmp_path, capsys):
+    from pocketdiff.cli import main
+
+    for flags, msg in ((["--boundary", "5"], "error: clockwork boundary must be an integer in [1, 2]"),
+                       (["--light-steps", "3", "--sampler-steps", "4"], "error: clockwork light_steps [3]: step 3 is"),
+                       (["--adaptor", "learned"], "error: clockwork adaptor must be 'trained' or 'identity'")):
+        args = ["clockwork-train", "--pipeline", str(tiny_pipeline_dir), "--out", str(tmp_path / "o"), "--no-progress"]
+        assert main(args + flags) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith(msg), err
+        assert not (tmp_path / "o").exists()
+
+
 @pytest.fixture(scope="module")
 def cw_bundle(trained):
     from pocketdiff.export.bundle import ExportConfig, write_bundle

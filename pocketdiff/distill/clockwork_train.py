@@ -44,7 +44,8 @@ from pocketdiff.export.roles import ROLES
 from pocketdiff.export.torch_session import torch_runtime
 from pocketdiff.loop import LoopConfig, check_lr_schedule, lr_schedule, train
 from pocketdiff.pinned import pinned_defaults
-from pocketdiff.pipedir import StageRecord, atomic_output_file, inspect_pipeline, load_pipeline, read_history, write_pipeline
+from pocketdiff.pipedir import (StageRecord, atomic_output_file, inspect_pipeline, load_pipeline, read_history,
+                                start_stage, write_pipeline)
 from pocketdiff.runtime.policies import UNET, clock_schedule, default_policy_name, make_policy
 from pocketdiff.runtime.sampler import VAE_DECODER, check_generation_args
 from pocketdiff.runtime.schedulers import get_scheduler_entry, scheduler_name_for
@@ -248,10 +249,7 @@ def clockwork_train(pipeline_dir: str | Path, out_dir: str | Path, cfg: Clockwor
     from diffusers import StableDiffusionPipeline
 
     cfg.validate()
-    if Path(out_dir).exists() and not overwrite:
-        raise PocketdiffError(f"output {out_dir} exists; pass overwrite to replace it")
-    workdir = Path(workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
+    workdir = start_stage(out_dir, workdir, overwrite)
     pipe = load_pipeline(pipeline_dir)
     check_split(pipe.unet, cfg.boundary)
     sampler = deployed_sampler(pipeline_dir, cfg)
