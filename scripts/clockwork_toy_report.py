@@ -33,6 +33,12 @@ def _table(st: dict) -> list[str]:
     return out
 
 
+def _finish(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_periods(st: dict, title: str, path: Path) -> None:
     """FID and attribute accuracy against the clock period, trained and identity adaptor."""
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -54,9 +60,7 @@ def plot_periods(st: dict, title: str, path: Path) -> None:
         ax.set_xticks(sorted({r["period"] for r in st["rows"].values() if r["period"]}))
         ax.legend(fontsize=8)
     fig.suptitle(title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, path)
 
 
 def plot_search(st: dict, title: str, path: Path) -> None:
@@ -72,9 +76,7 @@ def plot_search(st: dict, title: str, path: Path) -> None:
     ax.set_yscale("log")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, path)
 
 
 def plot_loss(st: dict, title: str, path: Path) -> None:
@@ -87,9 +89,7 @@ def plot_loss(st: dict, title: str, path: Path) -> None:
     ax.set_ylabel("MSE")
     ax.set_title(title)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, path)
 
 
 def _setting_md(name: str, st: dict, stem: Path) -> list[str]:
