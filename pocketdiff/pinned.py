@@ -17,8 +17,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from pocketdiff.pipedir import read_history
+from pocketdiff.pipedir import inspect_pipeline, read_history
 from pocketdiff.runtime.bundle import load_bundle
+from pocketdiff.runtime.sampler import check_generation_args
+from pocketdiff.runtime.schedulers import scheduler_name_for
 
 FALLBACK_STEPS = 25
 FALLBACK_GUIDANCE = 7.5
@@ -60,3 +62,14 @@ def pinned_defaults(pipeline: str | Path | None = None, bundle: str | Path | Non
                 break
         return Pinned(trained_steps(pipeline))
     return Pinned()
+
+
+def deployed_sampler(pipeline_dir: str | Path, scheduler: str = "", steps: int = 0, guidance: float = 0.0
+                     ) -> tuple[str, int, float]:
+    """(scheduler, steps, guidance) a stage trains or calibrates for: the given ones (empty or 0: not given), else
+    what the pipeline pins, else its own scheduler, :data:`FALLBACK_STEPS` and ``FALLBACK_GUIDANCE``."""
+    pinned = pinned_defaults(pipeline=pipeline_dir)
+    steps, guidance = pinned.resolve(steps or None, guidance or None)
+    scheduler = scheduler or pinned.scheduler or scheduler_name_for(inspect_pipeline(pipeline_dir).scheduler_config)
+    check_generation_args(steps, guidance)
+    return scheduler, steps, guidance

@@ -40,7 +40,10 @@ from diffusers import ModelMixin
 from diffusers.models.resnet import ResnetBlock2D
 from torch import nn
 
+from pocketdiff.architectures import unet_parts as parts
 from pocketdiff.architectures.slim_unet import SlimUNet2DConditionModel
+from pocketdiff.architectures.unet_parts import (check_sd_style, down_call, input_conv, mid_call, output_head,
+                                                 time_embedding, up_call)
 from pocketdiff.errors import PocketdiffError, choice_error
 
 ADAPTOR_KINDS = ("trained", "identity")
@@ -57,12 +60,7 @@ def check_split(unet, boundary: int) -> None:
     if isinstance(boundary, bool) or not isinstance(boundary, int) or not 1 <= boundary < n:
         raise PocketdiffError(f"clockwork boundary must be an integer in [1, {n - 1}] (outer resolution levels of this "
                               f"{n}-level UNet), got {boundary!r}")
-    c = unet.config
-    for key in ("class_embed_type", "addition_embed_type", "encoder_hid_dim_type"):
-        if c.get(key) is not None:
-            raise PocketdiffError(f"clockwork splits SD-style UNets; this one has {key} = {c.get(key)!r}")
-    if unet.mid_block is None:
-        raise PocketdiffError("clockwork needs a UNet with a mid block")
+    check_sd_style(unet, "clockwork")
     if unet.down_blocks[boundary - 1].downsamplers is None:
         raise PocketdiffError(f"clockwork boundary {boundary}: down_blocks.{boundary - 1} has no downsampler, so no "
                               "resolution boundary lies after it")
@@ -74,37 +72,15 @@ def check_split(unet, boundary: int) -> None:
 
 
 def check_sample_size(unet, sample: torch.Tensor) -> None:
-    f = 2 ** unet.num_upsamplers
-    if any(d % f for d in sample.shape[-2:]):
-        raise PocketdiffError(f"clockwork needs latent sides divisible by {f}; got {tuple(sample.shape[-2:])}")
-
-
-def time_embedding(unet, sample, timestep, timestep_cond=None) -> torch.Tensor:
-    """The UNet's time embedding [B, E] (with a guidance-embedded UNet's ``timestep_cond`` [B, W])."""
-    emb = unet.time_embedding(unet.get_time_embed(sample=sample, timestep=timestep), timestep_cond)
-    return unet.time_embed_act(emb) if unet.time_embed_act is not None else emb
-
-
-def _down(block, h, emb, text):
-    if getattr(block, "has_cross_attention", False):
-        return block(hidden_states=h, temb=emb, encoder_hidden_states=text)
-    return block(hidden_states=h, temb=emb)
-
-
-def _up(block, h, emb, text, skips):
-    if getattr(block, "has_cross_attention", False):
-        return block(hidden_states=h, temb=emb, res_hidden_states_tuple=skips, encoder_hidden_states=text)
-    return block(hidden_states=h, temb=emb, res_hidden_states_tuple=skips)
+    parts.check_sample_size(unet, sample, "clockwork")
 
 
 def outer_down(unet, boundary: int, sample, emb, text) -> tuple[tuple[torch.Tensor, ...], torch.Tensor]:
     """``conv_in`` and the outer down blocks: (the outer up path's skip connections, ``lowres_in``)."""
-    if unet.config.center_input_sample:
-        sample = 2 * sample - 1.0
-    h = unet.conv_in(sample)  # [B, C0, h, w]
+    h = input_conv(unet, sample)  # [B, C0, h, w]
     skips = (h,)
     for block in unet.down_blocks[:boundary]:
-        h, res = _down(block, h, emb, text)
+        h, res = down_call(block, h, emb, text)
         skips += res
     return skips[:-1], h  # the last res sample is lowres_in itself: the inner up path takes it
 
@@ -113,13 +89,12 @@ def inner(unet, boundary: int, lowres_in, emb, text) -> torch.Tensor:
     """The inner part: ``lowres_in`` [B, C_r-1, h/2^r, w/2^r] -> ``lowres_out`` [B, C_r, h/2^(r-1), w/2^(r-1)]."""
     h, skips = lowres_in, (lowres_in,)
     for block in unet.down_blocks[boundary:]:
-        h, res = _down(block, h, emb, text)
+        h, res = down_call(block, h, emb, text)
         skips += res
-    h = unet.mid_block(h, emb, encoder_hidden_states=text) if getattr(unet.mid_block, "has_cross_attention", False) \
-        else unet.mid_block(h, emb)
+    h = mid_call(unet, h, emb, text)
     for block in unet.up_blocks[:_levels(unet) - boundary]:
         k = len(block.resnets)
-        h, skips = _up(block, h, emb, text, skips[-k:]), skips[:-k]
+        h, skips = up_call(block, h, emb, text, skips[-k:]), skips[:-k]
     return h
 
 
@@ -128,10 +103,8 @@ def outer_up(unet, boundary: int, lowres_out, skips, emb, text) -> torch.Tensor:
     h = lowres_out
     for block in unet.up_blocks[_levels(unet) - boundary:]:
         k = len(block.resnets)
-        h, skips = _up(block, h, emb, text, skips[-k:]), skips[:-k]
-    if unet.conv_norm_out is not None:
-        h = unet.conv_act(unet.conv_norm_out(h))
-    return unet.conv_out(h)
+        h, skips = up_call(block, h, emb, text, skips[-k:]), skips[:-k]
+    return output_head(unet, h)
 
 
 def split_forward(unet, boundary: int, sample, timestep, encoder_hidden_states, timestep_cond=None):

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pocketdiff.architectures.clockwork_unet import ClockworkUNet2DConditionModel
+from pocketdiff.architectures.exit_unet import ExitUNet2DConditionModel
 from pocketdiff.architectures.slim_unet import SlimUNet2DConditionModel
 from pocketdiff.architectures.slimmable_unet import DDSMUNet2DConditionModel, WidthUNet2DConditionModel
 from pocketdiff.architectures.vocab import TOKENIZER_DIR, vocab_size
@@ -129,7 +130,7 @@ def text_encoder_config(arch: Architecture) -> dict:
 def unet_class(config: dict):
     """The class a UNet config names among pocketdiff's (a Clockwork or DDSM UNet, a width of one), else
     ``SlimUNet2DConditionModel`` for a config that removes blocks, else ``UNet2DConditionModel``."""
-    own = {c.__name__: c for c in (ClockworkUNet2DConditionModel, DDSMUNet2DConditionModel, WidthUNet2DConditionModel)}
+    own = {c.__name__: c for c in (ClockworkUNet2DConditionModel, DDSMUNet2DConditionModel, ExitUNet2DConditionModel, WidthUNet2DConditionModel)}
     if config.get("_class_name") in own:
         return own[config["_class_name"]]
     if config.get("removed_blocks") or config.get("_class_name") == "SlimUNet2DConditionModel":

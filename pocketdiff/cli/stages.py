@@ -1,5 +1,5 @@
 """Stage commands (``slim-robust``, ``slim-evolve``, ``slim-finetune``, ``distill-decoder``, ``distill-steps``,
-``ddsm-train``, ``ddsm-search``, ``clockwork-train``),
+``ddsm-train``, ``ddsm-search``, ``clockwork-train``, ``adadiff-train``, ``adadiff-calibrate``),
 ``build`` and ``regress``.
 
 Each stage command's flags are generated from its config dataclass (:data:`STAGE_COMMANDS`: command ->
@@ -15,6 +15,8 @@ from pocketdiff.benchmarks.regress import regress, table
 from pocketdiff.build import build, load_recipe
 from pocketdiff.cli.common import (add_config_args, add_trusted_key, config_from_args, note_verification, stage_parser,
                                    trusted_key, workdir_for)
+from pocketdiff.distill.adadiff_calibrate import AdaDiffCalibrateConfig, adadiff_calibrate
+from pocketdiff.distill.adadiff_train import AdaDiffTrainConfig, adadiff_train
 from pocketdiff.distill.clockwork_train import ClockworkTrainConfig, clockwork_train
 from pocketdiff.distill.ddsm_search import DDSMSearchConfig, ddsm_search
 from pocketdiff.distill.ddsm_train import DDSMTrainConfig, ddsm_train
@@ -91,6 +93,24 @@ def _clockwork_train(args, cfg: ClockworkTrainConfig) -> str:
             f"loss log in {workdir}")
 
 
+def _adadiff_train(args, cfg: AdaDiffTrainConfig) -> str:
+    workdir = workdir_for(args)
+    out = adadiff_train(args.pipeline, args.out, cfg, workdir, progress=not args.no_progress, overwrite=args.force)
+    exits = read_json(Path(out) / "unet" / "config.json")["adadiff_exits"]
+    return (f"wrote the pipeline with AdaDiff exits at levels {exits} to {out} (no threshold yet: run "
+            f"adadiff-calibrate); checkpoints and loss log (terms per exit) in {workdir}")
+
+
+def _adadiff_calibrate(args, cfg: AdaDiffCalibrateConfig) -> str:
+    workdir = workdir_for(args)
+    out = adadiff_calibrate(args.pipeline, args.out, cfg, workdir, progress=not args.no_progress, overwrite=args.force)
+    sched = read_json(Path(out) / "unet" / "config.json")["adadiff_schedule"]
+    chosen = read_json(workdir / "curve.json")["chosen"]
+    return (f"threshold {sched['threshold']:.4f} for {sched['scheduler']}, {sched['steps']} steps, guidance "
+            f"{sched['guidance']:g}: UNet MACs {chosen['macs']:.3f} x the full UNet's, proxy {chosen['proxy']:.4f} "
+            f"(rule {cfg.rule})\nwrote the pipeline to {out}; curve and plot: {workdir}/curve.json, curve.png")
+
+
 # command -> (config dataclass, handler, help, (extra flag, required, help)...)
 STAGE_COMMANDS = {
     "slim-robust": (KDTrainConfig, _slim_robust, "robust training with random block skipping (resumable; "
@@ -117,6 +137,11 @@ STAGE_COMMANDS = {
     "clockwork-train": (ClockworkTrainConfig, _clockwork_train, "distil a Clockwork adaptor on the deployed sampler's "
                         "trajectories and set the clock (resumable; Clockwork)",
                         (("--pipeline", True, "teacher or student pipeline folder"),)),
+    "adadiff-train": (AdaDiffTrainConfig, _adadiff_train, "train AdaDiff exit heads and uncertainty estimators on a "
+                      "frozen UNet (resumable; AdaDiff)", (("--pipeline", True, "teacher or student pipeline folder"),)),
+    "adadiff-calibrate": (AdaDiffCalibrateConfig, _adadiff_calibrate, "sweep the AdaDiff exit threshold on calibration "
+                          "prompts and pick one (resumable; AdaDiff)",
+                          (("--pipeline", True, "the pipeline with exits (adadiff-train's output)"),)),
 }
 
 

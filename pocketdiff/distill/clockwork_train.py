@@ -43,12 +43,12 @@ from pocketdiff.errors import PocketdiffError
 from pocketdiff.export.roles import ROLES
 from pocketdiff.export.torch_session import torch_runtime
 from pocketdiff.loop import LoopConfig, check_lr_schedule, lr_schedule, train
-from pocketdiff.pinned import pinned_defaults
+from pocketdiff.pinned import deployed_sampler
 from pocketdiff.pipedir import (StageRecord, atomic_output_file, inspect_pipeline, load_pipeline, read_history,
                                 start_stage, write_pipeline)
 from pocketdiff.runtime.policies import UNET, clock_schedule, default_policy_name, make_policy
-from pocketdiff.runtime.sampler import VAE_DECODER, check_generation_args
-from pocketdiff.runtime.schedulers import get_scheduler_entry, scheduler_name_for
+from pocketdiff.runtime.sampler import VAE_DECODER
+from pocketdiff.runtime.schedulers import get_scheduler_entry
 from pocketdiff.runtime.sessions import ShapeSession
 
 
@@ -102,15 +102,6 @@ class ClockworkTrainConfig:
 
     def adaptor_config(self) -> dict:
         return {"kind": self.adaptor, "channels": self.adaptor_channels or None, "blocks": self.adaptor_blocks}
-
-
-def deployed_sampler(pipeline_dir: str | Path, cfg: ClockworkTrainConfig) -> tuple[str, int, float]:
-    """(scheduler, steps, guidance) the adaptor is trained for: the config's, else what the pipeline pins."""
-    pinned = pinned_defaults(pipeline=pipeline_dir)
-    steps, guidance = pinned.resolve(cfg.sampler_steps or None, cfg.guidance or None)
-    scheduler = cfg.scheduler or pinned.scheduler or scheduler_name_for(inspect_pipeline(pipeline_dir).scheduler_config)
-    check_generation_args(steps, guidance)
-    return scheduler, steps, guidance
 
 
 class _Recorder:
@@ -252,7 +243,7 @@ def clockwork_train(pipeline_dir: str | Path, out_dir: str | Path, cfg: Clockwor
     workdir = start_stage(out_dir, workdir, overwrite)
     pipe = load_pipeline(pipeline_dir)
     check_split(pipe.unet, cfg.boundary)
-    sampler = deployed_sampler(pipeline_dir, cfg)
+    sampler = deployed_sampler(pipeline_dir, cfg.scheduler, cfg.sampler_steps, cfg.guidance)
     clock_schedule(sampler[1], cfg.period, cfg.light_steps)  # light_steps fit the deployed steps
     torch.manual_seed(cfg.seed)
     pipe.unet.eval().requires_grad_(False)

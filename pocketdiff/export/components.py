@@ -18,9 +18,13 @@ from diffusers.models.attention_processor import AttnProcessor
 from torch import nn
 
 from pocketdiff.architectures.clockwork_unet import is_clockwork
+from pocketdiff.architectures.exit_unet import is_exit_unet, seg_in, seg_level
+from pocketdiff.architectures.unet_levels import levels
 from pocketdiff.architectures.slimmable_unet import export_widths, materialise_width
 from pocketdiff.export.roles import ROLES, Dims
-from pocketdiff.runtime.policies import CW_FULL, CW_LIGHT, WIDTH_STEPS, width_role
+from pocketdiff.runtime.policies import (CW_FULL, CW_LIGHT, SEG_IN, WIDTH_STEPS, exit_role, seg_role,
+                                         width_role)
+from pocketdiff.runtime.policies.adadiff import MAX_LEVELS
 from pocketdiff.runtime.sessions import TensorSpec
 
 class TextEncoderExport(nn.Module):
@@ -67,6 +71,42 @@ class ClockworkLightExport(nn.Module):
         # [B,C,h,w], [], [B,77,D], then lowres_cache [B,R,s,s], or timestep_cond [B,W], lowres_cache -> [B,C,h,w]
         timestep_cond, cache = (fourth, fifth) if self.embedded else (None, fourth)
         return self.unet.light_step(sample, timestep, encoder_hidden_states, cache, timestep_cond)
+
+
+class SegInExport(nn.Module):
+    """AdaDiff's first segment: down path, mid block and the lowest up block."""
+
+    def __init__(self, unet):
+        super().__init__()
+        self.unet = unet
+
+    def forward(self, sample, timestep, encoder_hidden_states, timestep_cond=None):
+        # [B,C,h,w], [], [B,77,D] (, [B,W]) -> hidden [B,cN,zN,zN], temb [B,E], skips_l0 .. skips_l(n-2)
+        h, emb, packs = seg_in(self.unet, sample, timestep, encoder_hidden_states, timestep_cond)
+        return (h, emb, *(packs[level] for level in range(len(packs))))
+
+
+class SegLevelExport(nn.Module):
+    """AdaDiff's segment at one level: its up block (at level 0 also the output head)."""
+
+    def __init__(self, unet, level: int):
+        super().__init__()
+        self.unet, self.level = unet, level
+
+    def forward(self, hidden, skips, temb, encoder_hidden_states):
+        # [B,c(L+1),zL,zL], [B,kL,zL,zL], [B,E], [B,77,D] -> hidden_out [B,cL,z(L-1),..] or out_sample [B,C,h,w]
+        return seg_level(self.unet, self.level, hidden, skips, temb, encoder_hidden_states)
+
+
+class ExitExport(nn.Module):
+    """AdaDiff's exit head at one level: (out_sample, uncertainty)."""
+
+    def __init__(self, unet, level: int):
+        super().__init__()
+        self.head = unet.exits[f"l{level}"]
+
+    def forward(self, hidden, skips0, temb):  # [B,cL,z,z], [B,k0,h,h], [B,E] -> [B,C,h,w], [B]
+        return self.head(hidden, skips0, temb)
 
 
 def guidance_embed_dim(unet) -> int | None:
@@ -125,14 +165,21 @@ WRAPPERS = {
     **{width_role(k / WIDTH_STEPS): _width_unet(k / WIDTH_STEPS) for k in range(1, WIDTH_STEPS)},
     CW_FULL: lambda pipe: ClockworkFullExport(pipe.unet),
     CW_LIGHT: lambda pipe: ClockworkLightExport(pipe.unet),
+    SEG_IN: lambda pipe: SegInExport(pipe.unet),
+    **{seg_role(lv): (lambda pipe, lv=lv: SegLevelExport(pipe.unet, lv)) for lv in range(MAX_LEVELS - 1)},
+    **{exit_role(lv): (lambda pipe, lv=lv: ExitExport(pipe.unet, lv)) for lv in range(1, MAX_LEVELS)},
 }
 _DTYPES = {"float32": torch.float32, "int32": torch.int32, "int64": torch.int64}
 
 
 def pipeline_roles(pipe) -> list[str]:
     """The roles a pipeline exports, in registry order: every non-optional role, a DDSM UNet's widths
-    (:func:`~pocketdiff.architectures.slimmable_unet.export_widths`), a Clockwork UNet's full and light graphs."""
+    (:func:`~pocketdiff.architectures.slimmable_unet.export_widths`), a Clockwork UNet's full and light graphs, an
+    AdaDiff UNet's segments and exit heads."""
     extra = {width_role(w) for w in export_widths(pipe.unet)} | ({CW_FULL, CW_LIGHT} if is_clockwork(pipe.unet) else set())
+    if is_exit_unet(pipe.unet):
+        n = levels(dict(pipe.unet.config))
+        extra |= {SEG_IN, *(seg_role(lv) for lv in range(n - 1)), *(exit_role(lv) for lv in pipe.unet.config.adadiff_exits)}
     return [r.name for r in ROLES.values() if not r.optional or r.name in extra]
 
 

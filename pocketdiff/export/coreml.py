@@ -36,7 +36,7 @@ from pocketdiff.errors import PocketdiffError
 from pocketdiff.export.components import component_record, component_specs, guidance_embed_dim, tensor_spec
 from pocketdiff.export.parity import component_parity, parity_level
 from pocketdiff.export.roles import MAX_TOKENS, ROLES, Dims
-from pocketdiff.runtime.policies import CACHE_IN, CACHE_OUT, CW_FULL, CW_LIGHT, WIDTH_ROLES
+from pocketdiff.runtime.policies import CACHE_IN, CACHE_OUT, CW_FULL, CW_LIGHT, EXIT_ROLES, SEG_IN, SEG_ROLES, WIDTH_ROLES
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "fp16")
@@ -65,6 +65,35 @@ class UnetCoreML(nn.Module):
         # -> [U,C,h,w] (, a Clockwork full step's lowres_out)
         hidden = encoder_hidden_states.squeeze(2).transpose(1, 2)  # [U,D,1,77] -> [U,77,D]
         return self.inner(sample, timestep, hidden, *(a for a in (fourth, fifth) if a is not None))
+
+
+class SegmentCoreML(nn.Module):
+    """An AdaDiff segment or exit head with the UNet's Apple-layout text input ([U,D,1,77]) where it takes one."""
+
+    def __init__(self, export: nn.Module, text_at: int | None):
+        super().__init__()
+        self.inner, self.text_at = export, text_at
+
+    def forward(self, *args):
+        if self.text_at is not None:
+            args = list(args)
+            args[self.text_at] = args[self.text_at].squeeze(2).transpose(1, 2)  # [U,D,1,77] -> [U,77,D]
+        return self.inner(*args)
+
+
+def _segment_io(pipe, specs, u: int) -> dict:
+    """AdaDiff's segments and heads: the registry's I/O at batch ``u``, with the UNet's Apple text layout and
+    timestep [U]."""
+    dims, out = Dims.from_pipe(pipe), {}
+    for role in (r for r in specs if r == SEG_IN or r in SEG_ROLES or r in EXIT_ROLES):
+        inputs, outputs = ROLES[role].io(dims, u)
+        names = [i.name for i in inputs]
+        ins = [tensor_spec(i.name, [u] if i.name == "timestep" else [u, dims.hidden_size, 1, MAX_TOKENS]
+                           if i.name == "encoder_hidden_states" else list(i.shape), "float32") for i in inputs]
+        text_at = names.index("encoder_hidden_states") if "encoder_hidden_states" in names else None
+        out[role] = (SegmentCoreML(specs[role].module, text_at), ins,
+                     [tensor_spec(o.name, list(o.shape), "float32") for o in outputs])
+    return out
 
 
 class VAEDecoderCoreML(nn.Module):
@@ -104,6 +133,7 @@ def apple_io(pipe, cfg: bool) -> dict[str, tuple[nn.Module, list[dict], list[dic
                           tensor_spec("pooled_outputs", [1, d], "float32")]),
         "unet": (UnetCoreML(specs["unet"].module), *unet_io),
         **widths,  # a DDSM UNet's widths, Clockwork's graphs: the same layout
+        **_segment_io(pipe, specs, u),  # AdaDiff's segments and exit heads
         "vae_decoder": (VAEDecoderCoreML(specs["vae_decoder"].module, factor),
                         [tensor_spec("z", [1, c, s, s], "float32")],
                         [tensor_spec("image", [1, 3, image, image], "float32")]),
@@ -115,8 +145,16 @@ def _unet_like(role: str) -> bool:
     return role in ("unet", CW_FULL, CW_LIGHT) or role in WIDTH_ROLES
 
 
+def _segment(role: str) -> bool:
+    return role == SEG_IN or role in SEG_ROLES or role in EXIT_ROLES
+
+
 def to_apple_feeds(role: str, feeds: dict[str, np.ndarray], scaling_factor: float) -> dict[str, np.ndarray]:
     """Map the common (optimum-named) component inputs to the Apple layout of the same call."""
+    if _segment(role):
+        b = next(v.shape[0] for k, v in feeds.items() if k != "timestep")
+        return {k: (np.full((b,), v, np.float32) if k == "timestep" else v.transpose(0, 2, 1)[:, :, None, :]
+                    if k == "encoder_hidden_states" else v) for k, v in feeds.items()}
     if role == "text_encoder":
         return {"input_ids": feeds["input_ids"].astype(np.float32)}
     if _unet_like(role):
@@ -128,6 +166,8 @@ def to_apple_feeds(role: str, feeds: dict[str, np.ndarray], scaling_factor: floa
 
 
 def from_apple_outputs(role: str, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    if _segment(role):
+        return {k: np.asarray(v, np.float32) for k, v in outputs.items()}
     names = {"text_encoder": {"last_hidden_state": "last_hidden_state", "pooled_outputs": "pooler_output"},
              "unet": {"noise_pred": "out_sample", CACHE_OUT: CACHE_OUT}, "vae_decoder": {"image": "sample"}}["unet" if _unet_like(role) else role]
     return {names[k]: np.asarray(v, np.float32) for k, v in outputs.items() if k in names}

@@ -6,8 +6,9 @@ A role carries:
 
 - its I/O spec: tensor names, shapes in symbols (``B`` batch, ``C``/``h`` latent channels and size, ``T``
   77 tokens, ``D`` text width, ``H`` image size, ``W`` the guidance-embedding width, ``R``/``s`` a Clockwork
-  UNet's cached low-resolution feature channels and size; an input that needs ``W`` exists only when the model
-  has one), dtypes, and how its fixed inputs are drawn;
+  UNet's cached low-resolution feature channels and size, the AdaDiff segments' level symbols ``cL``/``zL``/``kL``/
+  ``E``/``cN``/``zN`` (``architectures/unet_levels.py``); a port that needs a symbol exists only when the model
+  has it), dtypes, and how its fixed inputs are drawn;
 - its ONNX folder in optimum's layout (``<folder>/model.onnx``), its Core ML resource name (apple's Swift
   package), its ExecuTorch file;
 - whether it runs inside the denoising loop (``per_step``: static-shape targets then export it at the
@@ -24,8 +25,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from pocketdiff.architectures.unet_levels import segment_symbols
 from pocketdiff.errors import choice_error
-from pocketdiff.runtime.policies import CACHE_IN, CACHE_OUT, CW_FULL, CW_LIGHT, WIDTH_ROLES, guidance_scale_embedding
+from pocketdiff.runtime.policies import (CACHE_IN, CACHE_OUT, CW_FULL, CW_LIGHT, SEG_IN, WIDTH_ROLES, exit_role,
+                                         guidance_scale_embedding, seg_role)
+from pocketdiff.runtime.policies.adadiff import HIDDEN, HIDDEN_OUT, MAX_LEVELS, TEMB, UNCERTAINTY, skips_name
 from pocketdiff.runtime.sessions import TensorSpec
 
 MAX_TOKENS = 77
@@ -57,18 +61,21 @@ class Dims:
     guidance_embed_dim: int | None = None
     cache_channels: int | None = None  # a Clockwork UNet's lowres_out [B, R, s, s]
     cache_size: int | None = None
+    segments: tuple[tuple[str, int], ...] = ()  # an AdaDiff UNet's segment symbols (unet_levels.segment_symbols)
 
     def symbol(self, s: str) -> int | None:
-        return {"C": self.latent_channels, "h": self.latent_size, "D": self.hidden_size, "H": self.image_size,
-                "W": self.guidance_embed_dim, "T": MAX_TOKENS, "R": self.cache_channels, "s": self.cache_size}[s]
+        base = {"C": self.latent_channels, "h": self.latent_size, "D": self.hidden_size, "H": self.image_size,
+                "W": self.guidance_embed_dim, "T": MAX_TOKENS, "R": self.cache_channels, "s": self.cache_size}
+        return base[s] if s in base else dict(self.segments).get(s)
 
     @classmethod
     def from_configs(cls, unet_config: dict, text_encoder_config: dict, vae_config: dict) -> "Dims":
         s, r = unet_config["sample_size"], unet_config.get("clockwork_boundary")
         cache = (unet_config["block_out_channels"][r], s // 2 ** (r - 1)) if r else (None, None)
+        segments = tuple(segment_symbols(unet_config).items()) if unet_config.get("adadiff_exits") else ()
         return cls(unet_config["in_channels"], s, text_encoder_config["hidden_size"],
                    text_encoder_config["vocab_size"], s * 2 ** (len(vae_config["block_out_channels"]) - 1),
-                   unet_config.get("time_cond_proj_dim"), *cache)
+                   unet_config.get("time_cond_proj_dim"), *cache, segments)
 
     @classmethod
     def from_pipe(cls, pipe) -> "Dims":
@@ -90,7 +97,7 @@ class Dims:
         if any(c.role == CW_FULL and c.target == target for c in bundle.components):
             out = {o["name"]: o["shape"] for o in bundle.component(CW_FULL, target).outputs}[CACHE_OUT]
             cache = (out[1], out[-1])
-        return cls(c, s, d, vocab, m["model"]["image_size"][0], w, *cache)
+        return cls(c, s, d, vocab, m["model"]["image_size"][0], w, *cache, _bound_segment_symbols(bundle, target))
 
 
 @dataclass(frozen=True)
@@ -148,6 +155,21 @@ class Role:
         return out
 
 
+def _bound_segment_symbols(bundle, target: str) -> tuple[tuple[str, int], ...]:
+    """The AdaDiff symbols a bundle's segment and exit components bind (their manifest shapes against the ports)."""
+    bound = {}
+    for comp in bundle.components:
+        if comp.target != target or comp.role not in ROLES or not comp.role.startswith(("unet_seg", "unet_exit")):
+            continue
+        declared = {t["name"]: t["shape"] for t in [*comp.inputs, *comp.outputs]}
+        for port in ROLES[comp.role].inputs + ROLES[comp.role].outputs:
+            shape = declared.get(port.name)
+            if shape is not None and len(shape) == len(port.shape):
+                bound.update({d: v for d, v in zip(port.shape, shape) if isinstance(d, str) and d[0] in "ckzEN"
+                              and isinstance(v, int) and d not in ("B", "C", "D", "T", "h", "H", "W")})
+    return tuple(sorted(bound.items()))
+
+
 ROLES: dict[str, Role] = {}
 
 
@@ -182,6 +204,23 @@ register_role(Role(CW_FULL, inputs=ROLES["unet"].inputs, outputs=(*ROLES["unet"]
 register_role(Role(CW_LIGHT, inputs=(*ROLES["unet"].inputs, Port(CACHE_IN, _CACHE.shape, needs="R")),
                    outputs=ROLES["unet"].outputs, onnx_folder=CW_LIGHT, coreml_resource="UnetClockworkLight",
                    per_step=True, bench_batches=(1, 2), optional=True))
+# AdaDiff (architectures/exit_unet.py): the UNet cut at every up-block level, and an exit head per level.
+_TEMB, _TEXT = Port(TEMB, ("B", "E")), ROLES["unet"].inputs[2]
+register_role(Role(SEG_IN, inputs=ROLES["unet"].inputs, outputs=(
+    Port(HIDDEN, ("B", "cN", "zN", "zN")), _TEMB,
+    *(Port(skips_name(lv), ("B", f"k{lv}", f"z{lv}", f"z{lv}"), needs=f"k{lv}") for lv in range(MAX_LEVELS - 1))),
+    onnx_folder=SEG_IN, coreml_resource="UnetSegIn", per_step=True, bench_batches=(1, 2), optional=True))
+for _lv in range(MAX_LEVELS - 1):
+    register_role(Role(seg_role(_lv), inputs=(
+        Port(HIDDEN, ("B", f"c{_lv + 1}", f"z{_lv}", f"z{_lv}")),
+        Port(skips_name(_lv), ("B", f"k{_lv}", f"z{_lv}", f"z{_lv}")), _TEMB, _TEXT),
+        outputs=(Port(HIDDEN_OUT, ("B", f"c{_lv}", f"z{_lv - 1}", f"z{_lv - 1}")),) if _lv else ROLES["unet"].outputs,
+        onnx_folder=seg_role(_lv), coreml_resource=f"UnetSegL{_lv}", per_step=True, bench_batches=(1, 2), optional=True))
+for _lv in range(1, MAX_LEVELS):
+    register_role(Role(exit_role(_lv), inputs=(
+        Port(HIDDEN, ("B", f"c{_lv}", f"z{_lv - 1}", f"z{_lv - 1}")), Port(skips_name(0), ("B", "k0", "h", "h")), _TEMB),
+        outputs=(*ROLES["unet"].outputs, Port(UNCERTAINTY, ("B",))), onnx_folder=exit_role(_lv),
+        coreml_resource=f"UnetExitL{_lv}", per_step=True, bench_batches=(1, 2), optional=True))
 register_role(Role(
     "vae_decoder",
     inputs=(Port("latent_sample", ("B", "C", "h", "h")),),

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from pocketdiff.architectures.exit_unet import adadiff_params
 from pocketdiff.export.components import ComponentSpec, component_specs, guidance_embed_dim
 from pocketdiff.export.roles import ROLES, Dims
 from pocketdiff.runtime.policies import StepPolicy, default_policy_name, make_policy
@@ -39,14 +40,17 @@ class TorchSession:
 
 
 def default_policy(pipe) -> StepPolicy:
-    """The policy a pipeline's UNet implies: a DDSM UNet's searched width schedule, a Clockwork UNet's clock, else
-    the w-embedded single pass, or CFG."""
+    """The policy a pipeline's UNet implies: a DDSM UNet's searched width schedule, a Clockwork UNet's clock, a
+    calibrated AdaDiff UNet's exits and threshold, else the w-embedded single pass, or CFG."""
     schedule = getattr(pipe.unet.config, "ddsm_schedule", None)
     if schedule:
         return make_policy("ddsm", {"widths": [float(w) for w in schedule["widths"]]})
     clock = getattr(pipe.unet.config, "clockwork_schedule", None)
     if clock:
         return make_policy("clockwork", {k: clock[k] for k in ("period", "light_steps")})
+    exits = getattr(pipe.unet.config, "adadiff_schedule", None)
+    if exits:
+        return make_policy("adadiff", adadiff_params(pipe.unet))
     return make_policy(default_policy_name(["timestep_cond"] if guidance_embed_dim(pipe.unet) else []))
 
 

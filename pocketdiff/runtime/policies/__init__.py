@@ -6,7 +6,9 @@
 - ``clockwork`` (``clockwork.py``): full steps cache the UNet's low-resolution output, light steps reuse it
   through a trained adaptor (Clockwork).
 
-``ddsm`` and ``clockwork`` share their guidance handling (``guided.py``).
+- ``adadiff`` (``adadiff.py``): the UNet segment by segment, stopping at the first confident exit head (AdaDiff).
+
+``ddsm``, ``clockwork`` and ``adadiff`` share their guidance handling (``guided.py``).
 
 A bundle's manifest names its policy and params (``sampler: {policy, params}``); a bundle written
 before policies existed has none and gets :func:`default_policy_name` of its UNet, exactly the
@@ -18,6 +20,8 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 from pocketdiff.errors import PocketdiffError, choice_error
+from pocketdiff.runtime.policies.adadiff import (EXIT_ROLES, SEG_IN, SEG_ROLES, AdaDiffPolicy, exit_levels, exit_role,
+                                                 seg_role)
 from pocketdiff.runtime.policies.base import UNET, Call, Denoise, StepPolicy, cfg_combine, unet_feeds
 from pocketdiff.runtime.policies.cfg import CFGPolicy
 from pocketdiff.runtime.policies.clockwork import CACHE_IN, CACHE_OUT, CW_FULL, CW_LIGHT, ClockworkPolicy, clock_schedule
@@ -39,6 +43,7 @@ register_policy(CFGPolicy)
 register_policy(GuidanceEmbeddedPolicy)
 register_policy(DDSMPolicy)
 register_policy(ClockworkPolicy)
+register_policy(AdaDiffPolicy)
 
 
 def make_policy(name: str, params: Mapping[str, Any] | None = None) -> StepPolicy:
@@ -60,6 +65,6 @@ def runtime_roles() -> set[str]:
     return {"text_encoder", "vae_decoder"} | {r for cls in POLICIES.values() for r in cls.ROLES}
 
 
-__all__ = ["CACHE_IN", "CACHE_OUT", "CW_FULL", "CW_LIGHT", "ClockworkPolicy", "clock_schedule", "POLICIES", "UNET", "WIDTH_ROLES", "WIDTH_STEPS", "Call", "CFGPolicy", "DDSMPolicy", "Denoise", "GuidanceEmbeddedPolicy", "StepPolicy", "W_INPUT",
+__all__ = ["AdaDiffPolicy", "EXIT_ROLES", "SEG_IN", "SEG_ROLES", "exit_levels", "exit_role", "seg_role", "CACHE_IN", "CACHE_OUT", "CW_FULL", "CW_LIGHT", "ClockworkPolicy", "clock_schedule", "POLICIES", "UNET", "WIDTH_ROLES", "WIDTH_STEPS", "Call", "CFGPolicy", "DDSMPolicy", "Denoise", "GuidanceEmbeddedPolicy", "StepPolicy", "W_INPUT",
            "cfg_combine", "default_policy_name", "guidance_scale_embedding", "make_policy", "register_policy",
            "runtime_roles", "unet_feeds", "width_role"]

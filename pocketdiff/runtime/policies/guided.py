@@ -44,13 +44,20 @@ class GuidedPolicy(StepPolicy):
             return {"w": guidance_scale_embedding(run.guidance - 1, embed_dim(run.sessions[self.roles()[0]]))}
         return {}
 
+    def guided_feeds(self, run: Denoise, t, sample: np.ndarray, state: dict, **extra: np.ndarray) -> dict:
+        """The UNet inputs of one guided call: the sample doubled under two-pass CFG, the w embedding if any."""
+        if "w" in state:
+            return unet_feeds(sample, t, run.hidden, **{W_INPUT: state["w"]}, **extra)
+        cfg = run.guidance > 1.0
+        return unet_feeds(np.concatenate([sample, sample]) if cfg else sample, t, run.hidden, **extra)
+
+    def combine(self, run: Denoise, out: np.ndarray, state: dict) -> np.ndarray:
+        """A guided call's output [B, C, h, w] -> the model output [1, C, h, w] (CFG-combined at batch 2)."""
+        return cfg_combine(out, run.guidance) if "w" not in state and run.guidance > 1.0 else out
+
     def guided_call(self, run: Denoise, role: str, t, sample: np.ndarray, state: dict, **extra: np.ndarray
                     ) -> tuple[np.ndarray, dict]:
         """(the guided model output [1, C, h, w], the call's raw outputs); ``extra`` feeds go in unchanged (a
         batch-2 call's extras hold both halves)."""
-        if "w" in state:
-            out = run.call(role, unet_feeds(sample, t, run.hidden, **{W_INPUT: state["w"]}, **extra))
-            return out["out_sample"], out
-        cfg = run.guidance > 1.0
-        out = run.call(role, unet_feeds(np.concatenate([sample, sample]) if cfg else sample, t, run.hidden, **extra))
-        return (cfg_combine(out["out_sample"], run.guidance) if cfg else out["out_sample"]), out
+        out = run.call(role, self.guided_feeds(run, t, sample, state, **extra))
+        return self.combine(run, out["out_sample"], state), out
