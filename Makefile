@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 QUIET_PIP := { grep -v "^WARNING: Location '.*' is ignored" || true; }
 DEMO := build/demo
 
-.PHONY: venv test test-slow demo regress-demo toy-full teacher baseline export-bench bench-sd15 slim-toy bench-slim-sd15 decoder-toy bench-decoder-sd15 steps-toy ddsm-toy ddsm-sd15 clockwork-toy clockwork-sd15 clean
+.PHONY: venv test test-slow demo regress-demo toy-full teacher baseline export-bench bench-sd15 slim-toy bench-slim-sd15 decoder-toy bench-decoder-sd15 steps-toy ddsm-toy ddsm-sd15 clockwork-toy clockwork-sd15 adadiff-toy adadiff-sd15 clean
 
 venv: $(STAMP)
 
@@ -158,6 +158,17 @@ clockwork-toy: venv
 # alternating), the toy's clock priced on SD1.5 -> docs/clockwork_sd15.md. Exports cached under build/clockwork_sd15.
 clockwork-sd15: venv
 	$(BIN)/python scripts/clockwork_sd15.py
+
+# AdaDiff on the toy teacher: exit heads trained (uncertainty-weighted, plain-loss ablation, unfrozen backbone), the
+# threshold calibrated at 25 DDIM and 8 DPM-Solver++ steps, 1000-prompt evals, exit histograms and a bench compare
+# per setting -> docs/adadiff_toy.md. Cached under build/adadiff (resumes).
+adadiff-toy: venv
+	$(BIN)/python scripts/adadiff_toy.py
+
+# AdaDiff at SD1.5 scale: per-segment and per-head MACs and onnxruntime latency (512², batch 2, 2 threads,
+# alternating), the toy's exit histograms priced on SD1.5 -> docs/adadiff_sd15.md. Exports under build/adadiff_sd15.
+adadiff-sd15: venv
+	$(BIN)/python scripts/adadiff_sd15.py
 
 clean:
 	rm -rf build .pytest_cache
