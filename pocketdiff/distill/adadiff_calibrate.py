@@ -111,15 +111,17 @@ class Sweep:
     macs: dict[str, int]
     full: np.ndarray = field(default=None)
 
-    def run(self, policy, watch: list | None = None) -> tuple[np.ndarray, list[list]]:
-        """(final latents [N, C, h, w], each prompt's trace)."""
+    def run(self, policy, watch: list | None = None, desc: str | None = None) -> tuple[np.ndarray, list[list]]:
+        """(final latents [N, C, h, w], each prompt's trace); a progress bar over the prompts with ``desc``."""
+        from tqdm import tqdm
+
         scheduler, steps, guidance = self.sampler
         sessions = dict(self.rt.sessions)
         if watch is not None:
             sessions = {r: (_Watch(s, watch) if r.startswith("unet_exit") else s) for r, s in sessions.items()}
         rt = self.rt.with_sessions(sessions, policy)
         latents, traces = [], []
-        for i, prompt in enumerate(self.prompts):
+        for i, prompt in enumerate(tqdm(self.prompts, desc=desc, disable=desc is None, leave=False)):
             last = {}
             result = rt.generate(prompt, steps=steps, guidance=guidance, seed=i, scheduler=scheduler, truncate=True,
                                  on_step=lambda k, x: last.__setitem__("x", x))
@@ -212,7 +214,8 @@ def calibrate(pipeline_dir: str | Path, cfg: AdaDiffCalibrateConfig, workdir: Pa
                               "work dir or delete it")
     if not full_path.is_file():
         seen: list[float] = []
-        latents, _ = sweep.run(make_policy("adadiff", adadiff_params(pipe.unet, 0.0)), watch=seen)
+        latents, _ = sweep.run(make_policy("adadiff", adadiff_params(pipe.unet, 0.0)), watch=seen,
+                               desc="adadiff full-UNet runs" if progress else None)
         with atomic_output_file(full_path) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, latents=latents, uncertainty=np.array(seen), made_by=json.dumps(made_by))
@@ -222,7 +225,8 @@ def calibrate(pipeline_dir: str | Path, cfg: AdaDiffCalibrateConfig, workdir: Pa
     grid = sorted({0.0, *(round(float(t), 6) for t in grid)})
     done = _done(curve_path)
     for tau in tqdm([t for t in grid if t not in done], desc="adadiff thresholds", disable=not progress):
-        latents, traces = sweep.run(make_policy("adadiff", adadiff_params(pipe.unet, tau)))
+        latents, traces = sweep.run(make_policy("adadiff", adadiff_params(pipe.unet, tau)),
+                                    desc=f"threshold {tau:.4f}" if progress else None)
         done[tau] = sweep.point(tau, latents, traces)
         with open(curve_path, "a") as f:
             f.write(json.dumps(done[tau]) + "\n")
