@@ -52,6 +52,7 @@ def plot_curve(st: dict, title: str, path: Path) -> None:
     ax.set_xlabel("UNet MACs per image / the full UNet's")
     ax.set_ylabel("final-latent error to the full UNet (calibration prompts)")
     ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_ylim(bottom=0)
     ax.legend(fontsize=8)
     ax.set_title("calibration sweep over thresholds (star: chosen)", fontsize=9)
     ax = axes[1]
