@@ -20,7 +20,7 @@ from PIL import Image
 from pocketdiff.errors import PocketdiffError, choice_error
 from pocketdiff.export.roles import get_role
 from pocketdiff.pipedir import atomic_output_file, inspect_pipeline, load_pipeline
-from pocketdiff.runtime.policies import StepPolicy, default_policy_name, make_policy
+from pocketdiff.runtime.policies import StepPolicy, default_policy_name, is_auto, make_policy
 from pocketdiff.runtime.rng import check_seed, initial_latents
 from pocketdiff.runtime.sampler import (TEXT_ENCODER, VAE_DECODER, GenerationResult, ProgressCallback,
                                         RuntimePipeline, check_generation_args)
@@ -64,7 +64,7 @@ def runtime_from_onnx_folder(path: str | Path, threads: int | None = None) -> Ru
 @dataclass
 class GenerateConfig:
     prompt: str
-    steps: int = 25
+    steps: int | str = 25  # or "auto[:PRESET|METRIC=VALUE,...]": a bundle's step-budget predictor picks per prompt
     guidance: float = 7.5
     seed: int = 0
     scheduler: str | None = None  # a runtime.schedulers.SCHEDULERS name; None: the pipeline's own
@@ -72,7 +72,7 @@ class GenerateConfig:
     truncate: bool = False
 
     def validate(self) -> "GenerateConfig":
-        check_generation_args(self.steps, self.guidance)
+        check_generation_args(1 if is_auto(self.steps) else self.steps, self.guidance)
         check_seed(self.seed)
         if self.scheduler is not None:
             get_scheduler_entry(self.scheduler)
@@ -80,6 +80,12 @@ class GenerateConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _no_auto(cfg: GenerateConfig) -> None:
+    if is_auto(cfg.steps):
+        raise PocketdiffError(f"steps {cfg.steps!r} runs a bundle's step-budget predictor: use --bundle (the runtime), "
+                              "or give --steps N for a pipeline")
 
 
 def _warn_truncation(tokens) -> None:
@@ -93,6 +99,7 @@ def generate_runtime(source: str | Path | RuntimePipeline, cfg: GenerateConfig,
     cfg.validate()
     pipe = source if isinstance(source, RuntimePipeline) else runtime_from_onnx_folder(source, threads=threads)
     pipe.tokenizer(cfg.prompt, truncate=cfg.truncate)  # fail on an over-long prompt before any model runs
+    pipe.check_steps(cfg.steps)
     result = pipe.generate(cfg.prompt, steps=cfg.steps, guidance=cfg.guidance, seed=cfg.seed,
                            negative_prompt=cfg.negative_prompt, scheduler=cfg.scheduler, truncate=cfg.truncate,
                            callback=callback)
@@ -116,6 +123,7 @@ def generate_torch(pipeline_dir: str | Path, cfg: GenerateConfig,
     """diffusers' ``StableDiffusionPipeline`` from the runtime's initial latents (no call trace: diffusers runs
     its own loop; ``steps`` counts its denoising steps)."""
     cfg.validate()
+    _no_auto(cfg)
     info = inspect_pipeline(pipeline_dir)
     tokens = CLIPBPETokenizer.from_dir(info.tokenizer_dir)(cfg.prompt, truncate=cfg.truncate)
 
@@ -165,14 +173,15 @@ def generate_many(prompts: list[str], cfg: GenerateConfig, pipeline_dir: str | P
                   onnx_dir: str | Path | None = None, batch_size: int = 64,
                   callback: ProgressCallback | None = None, output: str = "image",
                   bundle_dir: str | Path | None = None, backend: str = "onnx", trusted_key=None,
-                  policy: StepPolicy | None = None) -> np.ndarray:
+                  policy: StepPolicy | None = None, steps_taken: list[int] | None = None) -> np.ndarray:
     """Images for many prompts; image i starts from the runtime RNG with seed ``cfg.seed + i``.
 
     The torch path batches prompts through diffusers; the runtime path runs one prompt at a time, as
     a phone would. Returns uint8 [N, H, W, 3], or with ``output="latent"`` (torch path only) the final
     latents float32 [N, C, h, w] as the UNet makes them, to decode with several decoders
     (``images_from_latents``). ``policy`` replaces a bundle's own step policy (e.g. another DDSM width schedule
-    over the same bundle's UNets).
+    over the same bundle's UNets). ``steps_taken`` (runtime path) gets each image's step count appended (with
+    ``steps="auto"`` the predictor's choice).
     """
     cfg.validate()
     if policy is not None and bundle_dir is None:
@@ -184,31 +193,42 @@ def generate_many(prompts: list[str], cfg: GenerateConfig, pipeline_dir: str | P
     if onnx_dir is not None or bundle_dir is not None:  # a bundle: its manifest's scheduler, on ``backend``
         pipe = (RuntimePipeline.from_bundle(bundle_dir, backend, trusted_key=trusted_key, policy=policy)
                 if bundle_dir is not None else runtime_from_onnx_folder(onnx_dir))
+        pipe.check_steps(cfg.steps)
         out = []
         for i, p in enumerate(prompts):
-            out.append(pipe.generate(p, steps=cfg.steps, guidance=cfg.guidance, seed=cfg.seed + i,
-                                     negative_prompt=cfg.negative_prompt, scheduler=cfg.scheduler,
-                                     truncate=True).image)
+            res = pipe.generate(p, steps=cfg.steps, guidance=cfg.guidance, seed=cfg.seed + i,
+                                negative_prompt=cfg.negative_prompt, scheduler=cfg.scheduler, truncate=True)
+            out.append(res.image)
+            if steps_taken is not None:
+                steps_taken.append(res.steps)
             if callback:
                 callback(i + 1, len(prompts))
         return np.stack(out)
 
-    import torch
-
+    _no_auto(cfg)
     pipe, info = load_torch_pipeline(pipeline_dir, cfg.scheduler)
     out = []
     for start in range(0, len(prompts), batch_size):
         chunk = prompts[start:start + batch_size]
-        latents = np.concatenate([initial_latents(cfg.seed + start + j, (1, *info.latent_shape))
-                                  for j in range(len(chunk))])
-        with torch.no_grad():
-            res = pipe(chunk, negative_prompt=[cfg.negative_prompt] * len(chunk), num_inference_steps=cfg.steps,
-                       guidance_scale=cfg.guidance, latents=torch.from_numpy(latents),
-                       output_type="latent" if output == "latent" else "np")
-        out.append(res.images.float().numpy() if output == "latent" else (res.images * 255).round().astype(np.uint8))
+        out.append(torch_batch(pipe, info.latent_shape, chunk, cfg, cfg.seed + start, output))
         if callback:
             callback(start + len(chunk), len(prompts))
     return np.concatenate(out)
+
+
+def torch_batch(pipe, latent_shape, prompts: list[str], cfg: GenerateConfig, first_seed: int,
+                output: str = "image") -> np.ndarray:
+    """One batch through a loaded diffusers pipeline (:func:`load_torch_pipeline`): image i from the runtime RNG
+    with seed ``first_seed + i``; ``cfg``'s steps, guidance and negative prompt (its scheduler is the pipe's).
+    uint8 [N, H, W, 3], or the final latents [N, C, h, w] with ``output="latent"``."""
+    import torch
+
+    latents = np.concatenate([initial_latents(first_seed + j, (1, *latent_shape)) for j in range(len(prompts))])
+    with torch.no_grad():
+        res = pipe(prompts, negative_prompt=[cfg.negative_prompt] * len(prompts), num_inference_steps=cfg.steps,
+                   guidance_scale=cfg.guidance, latents=torch.from_numpy(latents),
+                   output_type="latent" if output == "latent" else "np")
+    return res.images.float().numpy() if output == "latent" else (res.images * 255).round().astype(np.uint8)
 
 
 def images_from_latents(vae, latents: np.ndarray, batch_size: int = 64) -> np.ndarray:

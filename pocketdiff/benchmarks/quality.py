@@ -84,15 +84,19 @@ class EvalModels:
     @classmethod
     def load(cls, path: str | Path) -> "EvalModels":
         """``path`` holds ``clip/`` and ``checker/`` as written by ``pocketdiff toy train-teacher``."""
-        from transformers import CLIPModel
-
         path = Path(path)
         for sub in ("clip", "checker"):
             if not (path / sub / "config.json").is_file():
                 raise PocketdiffError(f"eval models folder {path} has no {sub}/ (expected {sub}/config.json)")
-        return cls(CLIPModel.from_pretrained(str(path / "clip")).eval(),
-                   AttributeChecker.from_pretrained(str(path / "checker")).eval(),
+        return cls(cls.load_clip(path), AttributeChecker.from_pretrained(str(path / "checker")).eval(),
                    CLIPBPETokenizer.from_dir(TOKENIZER_DIR))
+
+    @staticmethod
+    def load_clip(path: str | Path):
+        """The toy CLIP alone (``path/clip``), in eval mode."""
+        from transformers import CLIPModel
+
+        return CLIPModel.from_pretrained(str(Path(path) / "clip")).eval()
 
 
 def fid(models: EvalModels, images: np.ndarray, reference: np.ndarray) -> float:
@@ -194,10 +198,15 @@ def evaluate_source(gen, prompts: str = "toy-val", n: int = 500, eval_models: st
         items = prompt_set(prompts, n, gen.seed)
         again = rephrased(items, gen.seed)
         progress = (lambda done, total: callback(done, 2 * total)) if callback else None
+        taken: list[int] = []
         images = generate_many([it.prompt for it in items], gen, **source, callback=progress, backend=backend, trusted_key=trusted_key,
-                               policy=policy)
+                               policy=policy, steps_taken=taken)
         models = EvalModels.load(eval_models or TOY_TEACHER_DIR)
         result = evaluate_images(models, items, images, seed=gen.seed)
+        if taken:  # the runtime's step counts (with --steps auto, the predictor's choices)
+            counts = np.unique(taken, return_counts=True)
+            result["steps_taken"] = {"mean": float(np.mean(taken)),
+                                     "histogram": {int(k): int(v) for k, v in zip(*counts)}}
         progress = (lambda done, total: callback(total + done, 2 * total)) if callback else None
         other = generate_many([it.prompt for it in again], gen, **source, callback=progress, backend=backend, trusted_key=trusted_key,
                                policy=policy)

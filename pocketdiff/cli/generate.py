@@ -6,6 +6,7 @@ manifest, a distilled pipeline's trained steps; the export's flags come from ``E
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 from pathlib import Path
@@ -19,6 +20,7 @@ from pocketdiff.generate import (GenerateConfig, check_png_path, generate_runtim
                                  runtime_from_onnx_folder, save_png)
 from pocketdiff.pinned import pinned_defaults, trained_steps
 from pocketdiff.pipedir import StageRecord, atomic_output_dir, write_history
+from pocketdiff.runtime.policies import is_auto
 from pocketdiff.runtime.sampler import RuntimePipeline
 from pocketdiff.runtime.schedulers import SCHEDULERS
 from pocketdiff.runtime.signing import keygen, load_private_key, public_key_hex
@@ -69,6 +71,16 @@ def _source_defaults(args, fallback_steps: int) -> None:
         args.scheduler = pinned.scheduler
 
 
+def steps_arg(text: str):
+    """``--steps``: a count, or ``auto[:PRESET|METRIC=VALUE,...]`` (a bundle's step-budget predictor)."""
+    if is_auto(text):
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be an integer or auto[:PRESET|METRIC=VALUE,...], got {text!r}") from None
+
+
 def _cmd_generate(args) -> int:
     _source_defaults(args, 25)
     cfg = GenerateConfig(prompt=args.prompt, steps=args.steps, guidance=args.guidance, seed=args.seed,
@@ -78,7 +90,7 @@ def _cmd_generate(args) -> int:
     with Progress("denoising", "step", args.no_progress) as progress:
         if args.pipeline:
             trained = trained_steps(args.pipeline)
-            if trained is not None and trained != cfg.steps:
+            if trained is not None and trained != cfg.steps and not is_auto(cfg.steps):
                 print(f"warning: {args.pipeline} is a distill-steps student trained for {trained} steps; sampling it "
                       f"at {cfg.steps} steps leaves its training grid", file=sys.stderr)
             result = generate_torch(args.pipeline, cfg, callback=progress)
@@ -98,10 +110,12 @@ def _cmd_generate(args) -> int:
     timings = ", ".join(f"{k} {v * 1000:.0f} ms" for k, v in result.timings.items())
     counts = result.call_counts()
     calls = ", ".join(f"{role} x{n}" for role, n in counts.items()) if counts else "diffusers pipeline"
-    print(f"wrote {args.out} ({result.steps} denoising steps; calls: {calls}; {timings})")
+    chose = (f" chosen by the step-budget predictor for {result.budget['request']} "
+             f"({', '.join(f'{m} {v:g}' for m, v in result.budget['targets'].items())})" if result.budget else "")
+    print(f"wrote {args.out} ({result.steps} denoising steps{chose}; calls: {calls}; {timings})")
     if args.json:
         print(json.dumps({"config": cfg.to_dict(), "timings_s": result.timings, "steps": result.steps,
-                          "calls": counts, "trace": [c.to_dict() for c in result.trace]}))
+                          "budget": result.budget, "calls": counts, "trace": [c.to_dict() for c in result.trace]}))
     return 0
 
 
@@ -126,6 +140,10 @@ def _cmd_eval(args) -> int:
     print(f"FID {result['fid']:.2f}  CLIP {result['clip_score']:.2f}  attribute accuracy "
           f"{result['attribute_accuracy']:.3f} (held-out {a.get('split=heldout', {}).get('all', float('nan')):.3f}; "
           f"rephrased prompts {result['rephrased']['attribute_accuracy']:.3f}) over {result['n']} images -> {args.out}")
+    if is_auto(cfg.steps):
+        taken = result["steps_taken"]
+        print(f"steps {cfg.steps}: mean {taken['mean']:.2f}; per step count: "
+              + ", ".join(f"{k}: {v}" for k, v in taken["histogram"].items()))
     return 0
 
 
@@ -165,8 +183,9 @@ def add_commands(sub) -> None:
     _sources(g, "torch path", "torch-free runtime; checksums verified first")
     g.add_argument("--backend", default="onnx", help=f"runtime backend for --bundle; allowed: {', '.join(BACKENDS)}")
     g.add_argument("prompt")
-    g.add_argument("--steps", type=int, default=None, help="default: a bundle's pinned steps, a distill-steps "
-                   "student's trained steps, else 25")
+    g.add_argument("--steps", type=steps_arg, default=None, help="a count, or auto[:PRESET|METRIC=VALUE,...] for a "
+                   "bundle's step-budget predictor (default: a bundle's pinned steps, a distill-steps student's "
+                   "trained steps, else 25)")
     g.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale; <= 1 disables CFG "
                    "(default: a bundle's pinned guidance, else 7.5)")
     g.add_argument("--seed", type=int, default=0)
@@ -184,8 +203,9 @@ def add_commands(sub) -> None:
     ev = sub.add_parser("eval", help="FID, CLIP score and attribute accuracy on a toy prompt set")
     _sources(ev, "torch path", "torch-free runtime on its ONNX models; checksums verified first")
     ev.add_argument("--prompts", default="toy-val", help="prompt set; allowed: toy-val")
-    ev.add_argument("--steps", type=int, default=None, help="default: a bundle's pinned steps, a distill-steps "
-                    "student's trained steps, else 50")
+    ev.add_argument("--steps", type=steps_arg, default=None, help="a count, or auto[:PRESET|METRIC=VALUE,...] (a "
+                    "bundle's step-budget predictor) (default: a bundle's pinned steps, a distill-steps student's "
+                    "trained steps, else 50)")
     ev.add_argument("--guidance", type=float, default=None, help="default: a bundle's pinned guidance, else 7.5")
     ev.add_argument("--scheduler", default=None, help="default: the bundle's or the pipeline's")
     ev.add_argument("--n", type=int, default=1000, help="number of prompts/images")

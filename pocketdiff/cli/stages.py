@@ -1,5 +1,6 @@
 """Stage commands (``slim-robust``, ``slim-evolve``, ``slim-finetune``, ``distill-decoder``, ``distill-steps``,
-``ddsm-train``, ``ddsm-search``, ``clockwork-train``, ``adadiff-train``, ``adadiff-calibrate``),
+``ddsm-train``, ``ddsm-search``, ``clockwork-train``, ``adadiff-train``, ``adadiff-calibrate``, ``budget-data``,
+``budget-train``),
 ``build`` and ``regress``.
 
 Each stage command's flags are generated from its config dataclass (:data:`STAGE_COMMANDS`: command ->
@@ -13,10 +14,12 @@ from pathlib import Path
 
 from pocketdiff.benchmarks.regress import regress, table
 from pocketdiff.build import build, load_recipe
-from pocketdiff.cli.common import (add_config_args, add_trusted_key, config_from_args, note_verification, stage_parser,
+from pocketdiff.cli.common import (Progress, add_config_args, add_trusted_key, config_from_args, note_verification, stage_parser,
                                    trusted_key, workdir_for)
 from pocketdiff.distill.adadiff_calibrate import AdaDiffCalibrateConfig, adadiff_calibrate
 from pocketdiff.distill.adadiff_train import AdaDiffTrainConfig, adadiff_train
+from pocketdiff.distill.budget_data import BudgetDataConfig, budget_data, load_table
+from pocketdiff.distill.budget_train import BudgetTrainConfig, budget_train
 from pocketdiff.distill.clockwork_train import ClockworkTrainConfig, clockwork_train
 from pocketdiff.distill.ddsm_search import DDSMSearchConfig, ddsm_search
 from pocketdiff.distill.ddsm_train import DDSMTrainConfig, ddsm_train
@@ -111,6 +114,31 @@ def _adadiff_calibrate(args, cfg: AdaDiffCalibrateConfig) -> str:
             f"(rule {cfg.rule})\nwrote the pipeline to {out}; curve and plot: {workdir}/curve.json, curve.png")
 
 
+def _budget_data(args, cfg: BudgetDataConfig) -> str:
+    out = budget_data(args.pipeline, args.out, cfg, workdir_for(args), progress=_bar("budget-data", args),
+                      overwrite=args.force)
+    t = load_table(out)
+    j = list(t["metrics"]).index("dreamsim")
+    means = ", ".join(f"{s}: {d:.4f}" for s, d in zip(t["step_counts"], t["curves"][:, :, j].mean(0)))
+    return (f"wrote {len(t['prompt'])} prompts x {len(t['step_counts'])} step counts to {out}; mean DreamSim-like "
+            f"distance to the {t['step_counts'][-1]}-step image per step count: {means}")
+
+
+def _budget_train(args, cfg: BudgetTrainConfig) -> str:
+    workdir = workdir_for(args)
+    out = budget_train(args.pipeline, args.out, cfg, workdir, progress=not args.no_progress, overwrite=args.force)
+    rep = read_json(workdir / "report.json")
+    errs = "; ".join(f"{k} {v['heldout']['weighted_std_mse']:.4f}" for k, v in rep["kinds"].items())
+    presets = ", ".join(f"{k} {v['mean_steps']:.2f} steps" for k, v in rep["presets"].items())
+    return (f"kept the {rep['kept']} predictor (held-out standardised MSE: {errs}); presets on the held-out prompts: "
+            f"{presets} (default {rep['default_preset']})\nwrote the pipeline with step_budget/ to {out}; report "
+            f"and loss logs in {workdir}")
+
+
+def _bar(desc: str, args):
+    return Progress(desc, "chunk", args.no_progress)
+
+
 # command -> (config dataclass, handler, help, (extra flag, required, help)...)
 STAGE_COMMANDS = {
     "slim-robust": (KDTrainConfig, _slim_robust, "robust training with random block skipping (resumable; "
@@ -142,6 +170,12 @@ STAGE_COMMANDS = {
     "adadiff-calibrate": (AdaDiffCalibrateConfig, _adadiff_calibrate, "sweep the AdaDiff exit threshold on calibration "
                           "prompts and pick one (resumable; AdaDiff)",
                           (("--pipeline", True, "the pipeline with exits (adadiff-train's output)"),)),
+    "budget-data": (BudgetDataConfig, _budget_data, "images of each prompt at every step count and their perceptual "
+                    "quality against the largest (resumable; BudgetFusion)",
+                    (("--pipeline", True, "the pipeline whose step budget is learnt (the step student)"),)),
+    "budget-train": (BudgetTrainConfig, _budget_train, "train and compare step-budget predictors on a budget-data "
+                     "table; calibrate the --steps auto presets (resumable; BudgetFusion)",
+                     (("--pipeline", True, "the pipeline the table was made with"),)),
 }
 
 

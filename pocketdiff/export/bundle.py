@@ -9,13 +9,15 @@ Layout::
                          in apple's Swift StableDiffusion layout         (export/coreml.py)
     executorch/          text_encoder.pte, unet.pte, vae_decoder.pte (XNNPACK) (export/executorch.py)
     test_vectors.json    token ids, initial-latent draws, timesteps, and the step policy's call trace and
-                         latents after step 1 and the last step (the apps' conformance numbers)
+                         latents after step 1 and the last step (the apps' conformance numbers); with a step-budget
+                         predictor its predicted quality and chosen steps for the vector prompts
 
 Every file is listed in ``manifest.files`` with its size and sha256; loaders check them all before
 anything is loaded (``runtime/bundle.py``). ``manifest.components`` is a list (role, target, file,
 precision, I/O specs, parity), so later stages add their own components without a new format; file
 names per role come from the role registry (``export/roles.py``). ``manifest.sampler`` names the step
-policy and its params. The bundle is built in a temporary sibling folder and renamed into place at the end.
+policy and its params; ``manifest.step_budget`` (a pipeline with a ``step_budget/`` predictor) the step counts,
+metrics and presets of ``--steps auto``. The bundle is built in a temporary sibling folder and renamed into place at the end.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from typing import Callable
 import jsonschema
 import numpy as np
 
+from pocketdiff.architectures.step_budget import attach_step_budget, budget_spec
 from pocketdiff.build import Context, Stage
 from pocketdiff.errors import PocketdiffError, choice_error
 from pocketdiff.export import coreml, executorch, onnx
@@ -38,6 +41,7 @@ from pocketdiff.export.torch_session import default_policy, torch_runtime
 from pocketdiff.pinned import pinned_defaults
 from pocketdiff.pipedir import atomic_output_dir, inspect_pipeline, load_pipeline, package_versions
 from pocketdiff.runtime.bundle import FORMAT_VERSION, MANIFEST, SIGNATURE_FILE, sha256_file
+from pocketdiff.runtime.policies import predict_steps
 from pocketdiff.runtime.rng import initial_latents
 from pocketdiff.runtime.sampler import check_generation_args
 from pocketdiff.runtime.schedulers import get_scheduler_entry, scheduler_from_config, scheduler_name_for
@@ -137,8 +141,12 @@ def _test_vectors(pipe, tokenizer_dir: Path, sched_cfg: dict, latent_shape: tupl
     sched.set_timesteps(steps)
     n = policy.fixed_steps() or min(steps, VECTOR_MAX_STEPS)  # a per-step schedule runs its own length
     latents: dict[int, np.ndarray] = {}
-    result = torch_runtime(pipe, tokenizer_dir, sched_cfg, policy).generate(
-        VECTOR_PROMPTS[0], steps=n, guidance=guidance, seed=0, on_step=lambda i, x: latents.__setitem__(i, x.copy()))
+    runtime = torch_runtime(pipe, tokenizer_dir, sched_cfg, policy)
+    result = runtime.generate(VECTOR_PROMPTS[0], steps=n, guidance=guidance, seed=0,
+                              on_step=lambda i, x: latents.__setitem__(i, x.copy()))
+    budget = {}
+    if runtime.budget is not None:  # the predictor's output and the default rule's choice per vector prompt
+        budget = {"step_budget": [_budget_vector(runtime, p) for p in VECTOR_PROMPTS]}
     return {
         "tokens": [{"prompt": p, "input_ids": tok(p).input_ids} for p in VECTOR_PROMPTS],
         "initial_latents": [{"seed": s, "shape": [1, *latent_shape],
@@ -149,7 +157,16 @@ def _test_vectors(pipe, tokenizer_dir: Path, sched_cfg: dict, latent_shape: tupl
                     "trace": [c.to_dict(with_time=False) for c in result.trace],
                     "latent_after_step_1": _latent_record(latents[0]),
                     "latent_after_last_step": _latent_record(latents[max(latents)]), "tolerance": 1e-3},
+        **budget,
     }
+
+
+def _budget_vector(runtime, prompt: str) -> dict:
+    ids = np.asarray([runtime.tokenizer(prompt, truncate=True).input_ids], dtype=np.int64)
+    hidden = runtime.sessions["text_encoder"].run({"input_ids": ids})["last_hidden_state"]
+    steps, record = predict_steps(lambda role, feeds: runtime.sessions[role].run(feeds), runtime.budget, hidden, "auto")
+    return {"prompt": prompt, "quality": record["predicted"], "targets": record["targets"], "steps": steps,
+            "tolerance": 1e-3}
 
 
 def write_bundle(pipeline_dir: str | Path, out_dir: str | Path, config: ExportConfig | None = None,
@@ -168,7 +185,7 @@ def write_bundle(pipeline_dir: str | Path, out_dir: str | Path, config: ExportCo
     entry_name = config.scheduler or scheduler_name_for(info.scheduler_config)
     entry = get_scheduler_entry(entry_name)
     sched_cfg = entry.config_for(info.scheduler_config)
-    pipe = load_pipeline(pipeline_dir)
+    pipe = attach_step_budget(load_pipeline(pipeline_dir), pipeline_dir)
     policy = default_policy(pipe)
     total, done = 3 * len(config.targets) + 1, 0
 
@@ -204,6 +221,7 @@ def write_bundle(pipeline_dir: str | Path, out_dir: str | Path, config: ExportCo
                           "timesteps": vectors["timesteps"]["values"]},
             "defaults": {"steps": config.steps, "guidance": config.guidance},
             "sampler": policy.to_dict(),
+            **({"step_budget": budget_spec(pipe.step_budget).to_dict()} if pipe.step_budget is not None else {}),
             "components": components,
             "files": files,
             "test_vectors": "test_vectors.json",

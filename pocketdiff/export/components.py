@@ -25,6 +25,7 @@ from pocketdiff.export.roles import ROLES, Dims
 from pocketdiff.runtime.policies import (CW_FULL, CW_LIGHT, SEG_IN, WIDTH_STEPS, exit_role, seg_role,
                                          width_role)
 from pocketdiff.runtime.policies.adadiff import MAX_LEVELS
+from pocketdiff.runtime.policies.budget import STEP_BUDGET
 from pocketdiff.runtime.sessions import TensorSpec
 
 class TextEncoderExport(nn.Module):
@@ -109,6 +110,17 @@ class ExitExport(nn.Module):
         return self.head(hidden, skips0, temb)
 
 
+class StepBudgetExport(nn.Module):
+    """BudgetFusion's predictor: the prompt's text-encoder states -> predicted quality per step count and metric."""
+
+    def __init__(self, predictor):
+        super().__init__()
+        self.predictor = predictor
+
+    def forward(self, encoder_hidden_states):  # [B,77,D] -> quality [B,K,M]
+        return self.predictor(encoder_hidden_states)
+
+
 def guidance_embed_dim(unet) -> int | None:
     """The width of a guidance-embedded UNet's ``timestep_cond`` input (None: a CFG UNet)."""
     return getattr(unet.config, "time_cond_proj_dim", None)
@@ -168,6 +180,7 @@ WRAPPERS = {
     SEG_IN: lambda pipe: SegInExport(pipe.unet),
     **{seg_role(lv): (lambda pipe, lv=lv: SegLevelExport(pipe.unet, lv)) for lv in range(MAX_LEVELS - 1)},
     **{exit_role(lv): (lambda pipe, lv=lv: ExitExport(pipe.unet, lv)) for lv in range(1, MAX_LEVELS)},
+    STEP_BUDGET: lambda pipe: StepBudgetExport(pipe.step_budget),
 }
 _DTYPES = {"float32": torch.float32, "int32": torch.int32, "int64": torch.int64}
 
@@ -175,11 +188,14 @@ _DTYPES = {"float32": torch.float32, "int32": torch.int32, "int64": torch.int64}
 def pipeline_roles(pipe) -> list[str]:
     """The roles a pipeline exports, in registry order: every non-optional role, a DDSM UNet's widths
     (:func:`~pocketdiff.architectures.slimmable_unet.export_widths`), a Clockwork UNet's full and light graphs, an
-    AdaDiff UNet's segments and exit heads."""
+    AdaDiff UNet's segments and exit heads, a step-budget predictor (``pipe.step_budget``, attached by
+    ``architectures.step_budget.attach_step_budget``)."""
     extra = {width_role(w) for w in export_widths(pipe.unet)} | ({CW_FULL, CW_LIGHT} if is_clockwork(pipe.unet) else set())
     if is_exit_unet(pipe.unet):
         n = levels(dict(pipe.unet.config))
         extra |= {SEG_IN, *(seg_role(lv) for lv in range(n - 1)), *(exit_role(lv) for lv in pipe.unet.config.adadiff_exits)}
+    if getattr(pipe, "step_budget", None) is not None:
+        extra.add(STEP_BUDGET)
     return [r.name for r in ROLES.values() if not r.optional or r.name in extra]
 
 

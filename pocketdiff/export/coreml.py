@@ -36,7 +36,8 @@ from pocketdiff.errors import PocketdiffError
 from pocketdiff.export.components import component_record, component_specs, guidance_embed_dim, tensor_spec
 from pocketdiff.export.parity import component_parity, parity_level
 from pocketdiff.export.roles import MAX_TOKENS, ROLES, Dims
-from pocketdiff.runtime.policies import CACHE_IN, CACHE_OUT, CW_FULL, CW_LIGHT, EXIT_ROLES, SEG_IN, SEG_ROLES, WIDTH_ROLES
+from pocketdiff.runtime.policies import (CACHE_IN, CACHE_OUT, CW_FULL, CW_LIGHT, EXIT_ROLES, SEG_IN, SEG_ROLES, STEP_BUDGET,
+                                         WIDTH_ROLES)
 
 log = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "fp16")
@@ -96,6 +97,15 @@ def _segment_io(pipe, specs, u: int) -> dict:
     return out
 
 
+def _budget_io(pipe, specs) -> dict:
+    """The step-budget predictor, batch 1, in the text encoder's own output layout [1, 77, D]."""
+    if STEP_BUDGET not in specs:
+        return {}
+    inputs, outputs = ROLES[STEP_BUDGET].io(Dims.from_pipe(pipe), 1)
+    return {STEP_BUDGET: (specs[STEP_BUDGET].module, [tensor_spec(i.name, list(i.shape), "float32") for i in inputs],
+                          [tensor_spec(o.name, list(o.shape), "float32") for o in outputs])}
+
+
 class VAEDecoderCoreML(nn.Module):
     def __init__(self, decoder_export: nn.Module, scaling_factor: float):
         super().__init__()
@@ -134,6 +144,7 @@ def apple_io(pipe, cfg: bool) -> dict[str, tuple[nn.Module, list[dict], list[dic
         "unet": (UnetCoreML(specs["unet"].module), *unet_io),
         **widths,  # a DDSM UNet's widths, Clockwork's graphs: the same layout
         **_segment_io(pipe, specs, u),  # AdaDiff's segments and exit heads
+        **_budget_io(pipe, specs),  # BudgetFusion's predictor
         "vae_decoder": (VAEDecoderCoreML(specs["vae_decoder"].module, factor),
                         [tensor_spec("z", [1, c, s, s], "float32")],
                         [tensor_spec("image", [1, 3, image, image], "float32")]),
@@ -157,6 +168,8 @@ def to_apple_feeds(role: str, feeds: dict[str, np.ndarray], scaling_factor: floa
                     if k == "encoder_hidden_states" else v) for k, v in feeds.items()}
     if role == "text_encoder":
         return {"input_ids": feeds["input_ids"].astype(np.float32)}
+    if role == STEP_BUDGET:
+        return dict(feeds)
     if _unet_like(role):
         b = feeds["sample"].shape[0]
         return {"sample": feeds["sample"], "timestep": np.full((b,), feeds["timestep"], np.float32),
@@ -166,7 +179,7 @@ def to_apple_feeds(role: str, feeds: dict[str, np.ndarray], scaling_factor: floa
 
 
 def from_apple_outputs(role: str, outputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    if _segment(role):
+    if _segment(role) or role == STEP_BUDGET:
         return {k: np.asarray(v, np.float32) for k, v in outputs.items()}
     names = {"text_encoder": {"last_hidden_state": "last_hidden_state", "pooled_outputs": "pooler_output"},
              "unet": {"noise_pred": "out_sample", CACHE_OUT: CACHE_OUT}, "vae_decoder": {"image": "sample"}}["unet" if _unet_like(role) else role]

@@ -7,7 +7,8 @@ A role carries:
 - its I/O spec: tensor names, shapes in symbols (``B`` batch, ``C``/``h`` latent channels and size, ``T``
   77 tokens, ``D`` text width, ``H`` image size, ``W`` the guidance-embedding width, ``R``/``s`` a Clockwork
   UNet's cached low-resolution feature channels and size, the AdaDiff segments' level symbols ``cL``/``zL``/``kL``/
-  ``E``/``cN``/``zN`` (``architectures/unet_levels.py``); a port that needs a symbol exists only when the model
+  ``E``/``cN``/``zN`` (``architectures/unet_levels.py``), ``K``/``M`` a step-budget predictor's step counts and
+  metrics; a port that needs a symbol exists only when the model
   has it), dtypes, and how its fixed inputs are drawn;
 - its ONNX folder in optimum's layout (``<folder>/model.onnx``), its Core ML resource name (apple's Swift
   package), its ExecuTorch file;
@@ -30,6 +31,7 @@ from pocketdiff.errors import choice_error
 from pocketdiff.runtime.policies import (CACHE_IN, CACHE_OUT, CW_FULL, CW_LIGHT, SEG_IN, WIDTH_ROLES, exit_role,
                                          guidance_scale_embedding, seg_role)
 from pocketdiff.runtime.policies.adadiff import HIDDEN, HIDDEN_OUT, MAX_LEVELS, TEMB, UNCERTAINTY, skips_name
+from pocketdiff.runtime.policies.budget import HIDDEN_IN, QUALITY, STEP_BUDGET
 from pocketdiff.runtime.sessions import TensorSpec
 
 MAX_TOKENS = 77
@@ -62,25 +64,31 @@ class Dims:
     cache_channels: int | None = None  # a Clockwork UNet's lowres_out [B, R, s, s]
     cache_size: int | None = None
     segments: tuple[tuple[str, int], ...] = ()  # an AdaDiff UNet's segment symbols (unet_levels.segment_symbols)
+    budget: tuple[int, int] | None = None  # a step-budget predictor's (K step counts, M metrics)
 
     def symbol(self, s: str) -> int | None:
         base = {"C": self.latent_channels, "h": self.latent_size, "D": self.hidden_size, "H": self.image_size,
-                "W": self.guidance_embed_dim, "T": MAX_TOKENS, "R": self.cache_channels, "s": self.cache_size}
+                "W": self.guidance_embed_dim, "T": MAX_TOKENS, "R": self.cache_channels, "s": self.cache_size,
+                "K": self.budget[0] if self.budget else None, "M": self.budget[1] if self.budget else None}
         return base[s] if s in base else dict(self.segments).get(s)
 
     @classmethod
-    def from_configs(cls, unet_config: dict, text_encoder_config: dict, vae_config: dict) -> "Dims":
+    def from_configs(cls, unet_config: dict, text_encoder_config: dict, vae_config: dict,
+                     budget: tuple[int, int] | None = None) -> "Dims":
         s, r = unet_config["sample_size"], unet_config.get("clockwork_boundary")
         cache = (unet_config["block_out_channels"][r], s // 2 ** (r - 1)) if r else (None, None)
         segments = tuple(segment_symbols(unet_config).items()) if unet_config.get("adadiff_exits") else ()
         return cls(unet_config["in_channels"], s, text_encoder_config["hidden_size"],
                    text_encoder_config["vocab_size"], s * 2 ** (len(vae_config["block_out_channels"]) - 1),
-                   unet_config.get("time_cond_proj_dim"), *cache, segments)
+                   unet_config.get("time_cond_proj_dim"), *cache, segments, budget)
 
     @classmethod
     def from_pipe(cls, pipe) -> "Dims":
-        """Of a loaded diffusers pipeline (its models' configs)."""
-        return cls.from_configs(dict(pipe.unet.config), pipe.text_encoder.config.to_dict(), dict(pipe.vae.config))
+        """Of a loaded diffusers pipeline (its models' configs; a step-budget predictor's, when attached)."""
+        sb = getattr(pipe, "step_budget", None)
+        budget = (len(sb.config.step_counts), len(sb.config.metrics)) if sb is not None else None
+        return cls.from_configs(dict(pipe.unet.config), pipe.text_encoder.config.to_dict(), dict(pipe.vae.config),
+                                budget)
 
     @classmethod
     def from_bundle(cls, bundle, target: str) -> "Dims":
@@ -97,7 +105,10 @@ class Dims:
         if any(c.role == CW_FULL and c.target == target for c in bundle.components):
             out = {o["name"]: o["shape"] for o in bundle.component(CW_FULL, target).outputs}[CACHE_OUT]
             cache = (out[1], out[-1])
-        return cls(c, s, d, vocab, m["model"]["image_size"][0], w, *cache, _bound_segment_symbols(bundle, target))
+        sb = m.get("step_budget")
+        budget = (len(sb["step_counts"]), len(sb["metrics"])) if sb else None
+        return cls(c, s, d, vocab, m["model"]["image_size"][0], w, *cache, _bound_segment_symbols(bundle, target),
+                   budget)
 
 
 @dataclass(frozen=True)
@@ -221,6 +232,9 @@ for _lv in range(1, MAX_LEVELS):
         Port(HIDDEN, ("B", f"c{_lv}", f"z{_lv - 1}", f"z{_lv - 1}")), Port(skips_name(0), ("B", "k0", "h", "h")), _TEMB),
         outputs=(*ROLES["unet"].outputs, Port(UNCERTAINTY, ("B",))), onnx_folder=exit_role(_lv),
         coreml_resource=f"UnetExitL{_lv}", per_step=True, bench_batches=(1, 2), optional=True))
+# BudgetFusion (architectures/step_budget.py): the prompt's states -> predicted quality per step count and metric
+register_role(Role(STEP_BUDGET, inputs=(Port(HIDDEN_IN, ("B", "T", "D")),), outputs=(Port(QUALITY, ("B", "K", "M")),),
+                   onnx_folder=STEP_BUDGET, coreml_resource="StepBudget", optional=True))
 register_role(Role(
     "vae_decoder",
     inputs=(Port("latent_sample", ("B", "C", "h", "h")),),

@@ -14,6 +14,7 @@ import numpy as np
 import torch
 
 from pocketdiff.architectures.exit_unet import adadiff_params
+from pocketdiff.architectures.step_budget import budget_spec
 from pocketdiff.export.components import ComponentSpec, component_specs, guidance_embed_dim
 from pocketdiff.export.roles import ROLES, Dims
 from pocketdiff.runtime.policies import StepPolicy, default_policy_name, make_policy
@@ -57,7 +58,7 @@ def default_policy(pipe) -> StepPolicy:
 def torch_runtime(pipe, tokenizer_dir: str | Path, scheduler_config: dict, policy: StepPolicy | None = None,
                   roles=None) -> RuntimePipeline:
     """The runtime's sampler loop on ``pipe``'s torch modules (one :class:`TorchSession` per role; ``roles``
-    default: the roles the pipeline exports)."""
+    default: the roles the pipeline exports), with ``pipe.step_budget``'s rule when one is attached."""
     dims = Dims.from_pipe(pipe)
     sessions = {}
     for spec in component_specs(pipe, roles=roles):
@@ -65,4 +66,5 @@ def torch_runtime(pipe, tokenizer_dir: str | Path, scheduler_config: dict, polic
         sessions[spec.name] = TorchSession(spec, inputs, outputs)
     return RuntimePipeline(CLIPBPETokenizer.from_dir(tokenizer_dir), sessions, scheduler_config,
                            (dims.latent_channels, dims.latent_size, dims.latent_size),
-                           pipe.vae.config.scaling_factor, policy or default_policy(pipe))
+                           pipe.vae.config.scaling_factor, policy or default_policy(pipe),
+                           budget_spec(pipe.step_budget) if getattr(pipe, "step_budget", None) is not None else None)

@@ -20,14 +20,15 @@ import re
 from pathlib import Path, PurePosixPath
 
 from pocketdiff.errors import PocketdiffError
+from pocketdiff.runtime.policies.budget import BudgetSpec
 
 FORMAT_VERSION = 1
 TARGETS = ("onnx", "coreml", "executorch")
 PRECISIONS = ("fp32", "fp16")
 QUANTIZATIONS = (None, "int8", "palette6", "palette4")
 TOP_KEYS = {"format_version": True, "created_by": False, "export": False, "model": True, "tokenizer": True,
-            "scheduler": True, "defaults": True, "sampler": False, "components": True, "files": True,
-            "test_vectors": False}  # key -> required
+            "scheduler": True, "defaults": True, "sampler": False, "step_budget": False, "components": True,
+            "files": True, "test_vectors": False}  # key -> required
 COMPONENT_KEYS = {"name": True, "role": True, "target": True, "path": True, "precision": True,
                   "quantization": False, "inputs": True, "outputs": True, "parity": False, "meta": False}
 FILE_KEYS = {"path": True, "sha256": True, "bytes": True}
@@ -163,6 +164,13 @@ def check_manifest(m, known_roles) -> dict:
         _str(sampler["policy"], "manifest.sampler.policy")
         if not isinstance(sampler["params"], dict):
             raise _fail("manifest.sampler.params", "must be an object")
+    if "step_budget" in m:  # BudgetFusion's step counts, metrics and presets (runtime/policies/budget.py)
+        if not isinstance(m["step_budget"], dict):
+            raise _fail("manifest.step_budget", "must be an object")
+        try:
+            BudgetSpec.from_dict(m["step_budget"])
+        except PocketdiffError as exc:
+            raise _fail("manifest.step_budget", f"is invalid: {exc}") from None
     for key in ("created_by", "export"):
         if key in m and not isinstance(m[key], dict):
             raise _fail(f"manifest.{key}", "must be an object")

@@ -6,6 +6,8 @@ This is the loop the apps implement. It mirrors diffusers' ``StableDiffusionPipe
 1. ids = tokenizer(text) for each text the policy names (``policy.texts(w)``: the prompt, and for
    two-pass CFG first the negative prompt, "" by default).
 2. Text encoder, one batch-1 call per text (as the apps do) -> ``last_hidden_state``, stacked in order.
+   With ``steps="auto[...]"`` the ``step_budget`` role then predicts the prompt's quality curve over step counts
+   and the rule picks the steps (``runtime/policies/budget.py``; BudgetFusion).
 3. Latents ``x = rng.initial_latents(seed, (1, C, h, w)) * scheduler.init_noise_sigma``.
 4. For each step i with timestep t: ``out = policy.step(i, t, scheduler.scale_model_input(x, i))``;
    ``x = scheduler.step(out, i, x)``. The policy (``runtime/policies/``) decides which roles run with
@@ -30,7 +32,8 @@ import numpy as np
 
 from pocketdiff.errors import PocketdiffError, choice_error
 from pocketdiff.runtime.bundle import load_bundle
-from pocketdiff.runtime.policies import Call, Denoise, StepPolicy, default_policy_name, make_policy
+from pocketdiff.runtime.policies import (STEP_BUDGET, BudgetSpec, Call, Denoise, StepPolicy, default_policy_name,
+                                         is_auto, make_policy, predict_steps)
 from pocketdiff.runtime.rng import initial_latents
 from pocketdiff.runtime.schedulers import scheduler_from_config
 from pocketdiff.runtime.sessions import BACKENDS, Session, TensorSpec
@@ -66,6 +69,7 @@ class GenerationResult:
     trace: list[Call] = field(default_factory=list)  # every session call, in order
     steps: int = 0  # denoising steps run
     tokens: TokenizerOutput | None = None
+    budget: dict | None = None  # steps="auto": the request, targets, predicted curve and the steps it chose
 
     def call_counts(self) -> dict[str, int]:
         """role -> number of calls."""
@@ -84,7 +88,8 @@ class RuntimePipeline:
     """Text-to-image over sessions (one per role) and a step policy; holds no torch objects."""
 
     def __init__(self, tokenizer: CLIPBPETokenizer, sessions: Mapping[str, Session], scheduler_config: dict,
-                 latent_shape: tuple[int, int, int], scaling_factor: float, policy: StepPolicy):
+                 latent_shape: tuple[int, int, int], scaling_factor: float, policy: StepPolicy,
+                 budget: BudgetSpec | None = None):
         missing = [r for r in (TEXT_ENCODER, *policy.roles(), VAE_DECODER) if r not in sessions]
         if missing:
             raise PocketdiffError(f"sampler policy {policy.name!r} needs roles {', '.join(missing)}; the sessions "
@@ -95,6 +100,7 @@ class RuntimePipeline:
         self.latent_shape = tuple(latent_shape)
         self.scaling_factor = np.float32(scaling_factor)
         self.policy = policy
+        self.budget = budget if budget is not None and STEP_BUDGET in self.sessions else None
 
     @classmethod
     def from_bundle(cls, path: str | Path, backend: str = "onnx", threads: int | None = None,
@@ -110,23 +116,42 @@ class RuntimePipeline:
         unet = bundle.component("unet", backend)
         policy = policy or policy_for(m.get("sampler"), [i["name"] for i in unet.inputs])
         sessions = {}
-        for role in (TEXT_ENCODER, *policy.roles(), VAE_DECODER):
+        budget = BudgetSpec.from_dict(m["step_budget"]) if "step_budget" in m else None
+        extra = (STEP_BUDGET,) if budget is not None and any(
+            c.role == STEP_BUDGET and c.target == backend for c in bundle.components) else ()
+        for role in (TEXT_ENCODER, *policy.roles(), *extra, VAE_DECODER):
             c = bundle.component(role, backend)
             sessions[role] = BACKENDS[backend](bundle.file(c.path), [TensorSpec.from_dict(i) for i in c.inputs],
                                                [TensorSpec.from_dict(o) for o in c.outputs], threads)
         return cls(bundle.tokenizer(), sessions, m["scheduler"]["config"],
-                   tuple(m["model"]["latent_shape"]), m["model"]["latent_scale_factor"], policy)
+                   tuple(m["model"]["latent_shape"]), m["model"]["latent_scale_factor"], policy, budget)
 
     def with_sessions(self, sessions: Mapping[str, Session], policy: StepPolicy | None = None) -> "RuntimePipeline":
         """The same pipeline on other sessions (e.g. ``ShapeSession``s for a dry run, torch modules for parity)."""
         return type(self)(self.tokenizer, sessions, self.scheduler_config, self.latent_shape,
-                          float(self.scaling_factor), policy or self.policy)
+                          float(self.scaling_factor), policy or self.policy, self.budget)
 
-    def generate(self, prompt: str, *, steps: int, guidance: float, seed: int, negative_prompt: str = "",
+    def check_steps(self, steps) -> None:
+        """Refuse a step request this pipeline cannot serve before any model runs: ``auto`` needs a step-budget
+        predictor, and a policy with its own step count (a DDSM schedule) cannot take a predicted one."""
+        if not is_auto(steps):
+            check_generation_args(steps, 0.0)
+            return
+        if self.budget is None:
+            raise PocketdiffError(f"steps {steps!r} needs a bundle with a step-budget predictor (role {STEP_BUDGET}, "
+                                  "from pocketdiff budget-train); this one has none: give --steps N")
+        if self.policy.fixed_steps() is not None:
+            raise PocketdiffError(f"sampler policy {self.policy.name!r} runs {self.policy.fixed_steps()} steps only; "
+                                  f"steps {steps!r} cannot change them")
+        self.budget.targets(steps)
+
+    def generate(self, prompt: str, *, steps: int | str, guidance: float, seed: int, negative_prompt: str = "",
                  scheduler: str | None = None, truncate: bool = False, callback: ProgressCallback | None = None,
                  on_step: Callable[[int, np.ndarray], None] | None = None) -> GenerationResult:
-        """One image. ``on_step(i, x)`` sees the latent after each step (test vectors record them)."""
-        check_generation_args(steps, guidance)
+        """One image. ``on_step(i, x)`` sees the latent after each step (test vectors record them). ``steps``:
+        a count, or ``"auto[:PRESET|METRIC=VALUE,...]"`` for the step-budget predictor's choice."""
+        self.check_steps(steps)
+        check_generation_args(1, guidance)
         sched = scheduler_from_config(self.scheduler_config, scheduler)
         self.policy.check(self.sessions, guidance)
         trace: list[Call] = []
@@ -149,6 +174,11 @@ class RuntimePipeline:
         hidden = np.concatenate([call(TEXT_ENCODER, {"input_ids": np.asarray([row], dtype=np.int64)})[
             "last_hidden_state"] for row in ids])
         t2 = time.perf_counter()
+        budget = None
+        if is_auto(steps):  # the prompt's own states, whatever else the policy encoded
+            row = texts.index("prompt")
+            steps, budget = predict_steps(call, self.budget, hidden[row:row + 1], steps)
+        t_budget = time.perf_counter()
         sched.set_timesteps(steps)
         x = initial_latents(seed, (1, *self.latent_shape)) * sched.init_noise_sigma
         run = Denoise(hidden, guidance, sched.timesteps, self.sessions, call)
@@ -165,5 +195,6 @@ class RuntimePipeline:
         t3 = time.perf_counter()
         image = to_uint8(call(VAE_DECODER, {"latent_sample": x / self.scaling_factor})["sample"])
         t4 = time.perf_counter()
-        timings = dict(tokenize_s=t1 - t0, text_encoder_s=t2 - t1, unet_s=t3 - t2, decoder_s=t4 - t3, total_s=t4 - t0)
-        return GenerationResult(image, timings, trace, steps=n, tokens=tokens)
+        timings = dict(tokenize_s=t1 - t0, text_encoder_s=t2 - t1, **({"step_budget_s": t_budget - t2} if budget else {}),
+                       unet_s=t3 - t_budget, decoder_s=t4 - t3, total_s=t4 - t0)
+        return GenerationResult(image, timings, trace, steps=n, tokens=tokens, budget=budget)

@@ -8,6 +8,9 @@
 
 - ``adadiff`` (``adadiff.py``): the UNet segment by segment, stopping at the first confident exit head (AdaDiff).
 
+``budget.py`` is not a step policy: it picks the step count before the loop (BudgetFusion, ``--steps auto``) with
+the ``step_budget`` role.
+
 ``ddsm``, ``clockwork`` and ``adadiff`` share their guidance handling (``guided.py``).
 
 A bundle's manifest names its policy and params (``sampler: {policy, params}``); a bundle written
@@ -22,6 +25,7 @@ from typing import Any, Mapping
 from pocketdiff.errors import PocketdiffError, choice_error
 from pocketdiff.runtime.policies.adadiff import (EXIT_ROLES, SEG_IN, SEG_ROLES, AdaDiffPolicy, exit_levels, exit_role,
                                                  seg_role)
+from pocketdiff.runtime.policies.budget import STEP_BUDGET, BudgetSpec, is_auto, predict_steps
 from pocketdiff.runtime.policies.base import UNET, Call, Denoise, StepPolicy, cfg_combine, unet_feeds
 from pocketdiff.runtime.policies.cfg import CFGPolicy
 from pocketdiff.runtime.policies.clockwork import CACHE_IN, CACHE_OUT, CW_FULL, CW_LIGHT, ClockworkPolicy, clock_schedule
@@ -62,9 +66,9 @@ def default_policy_name(unet_input_names) -> str:
 
 def runtime_roles() -> set[str]:
     """Every role this runtime can call: the text encoder and decoder, and each registered policy's."""
-    return {"text_encoder", "vae_decoder"} | {r for cls in POLICIES.values() for r in cls.ROLES}
+    return {"text_encoder", "vae_decoder", STEP_BUDGET} | {r for cls in POLICIES.values() for r in cls.ROLES}
 
 
-__all__ = ["AdaDiffPolicy", "EXIT_ROLES", "SEG_IN", "SEG_ROLES", "exit_levels", "exit_role", "seg_role", "CACHE_IN", "CACHE_OUT", "CW_FULL", "CW_LIGHT", "ClockworkPolicy", "clock_schedule", "POLICIES", "UNET", "WIDTH_ROLES", "WIDTH_STEPS", "Call", "CFGPolicy", "DDSMPolicy", "Denoise", "GuidanceEmbeddedPolicy", "StepPolicy", "W_INPUT",
+__all__ = ["STEP_BUDGET", "BudgetSpec", "is_auto", "predict_steps", "AdaDiffPolicy", "EXIT_ROLES", "SEG_IN", "SEG_ROLES", "exit_levels", "exit_role", "seg_role", "CACHE_IN", "CACHE_OUT", "CW_FULL", "CW_LIGHT", "ClockworkPolicy", "clock_schedule", "POLICIES", "UNET", "WIDTH_ROLES", "WIDTH_STEPS", "Call", "CFGPolicy", "DDSMPolicy", "Denoise", "GuidanceEmbeddedPolicy", "StepPolicy", "W_INPUT",
            "cfg_combine", "default_policy_name", "guidance_scale_embedding", "make_policy", "register_policy",
            "runtime_roles", "unet_feeds", "width_role"]
