@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 QUIET_PIP := { grep -v "^WARNING: Location '.*' is ignored" || true; }
 DEMO := build/demo
 
-.PHONY: venv test test-slow demo regress-demo toy-full teacher baseline export-bench bench-sd15 slim-toy bench-slim-sd15 decoder-toy bench-decoder-sd15 steps-toy ddsm-toy ddsm-sd15 clockwork-toy clockwork-sd15 adadiff-toy adadiff-sd15 clean
+.PHONY: venv test test-slow demo regress-demo toy-full teacher baseline export-bench bench-sd15 slim-toy bench-slim-sd15 decoder-toy bench-decoder-sd15 steps-toy ddsm-toy ddsm-sd15 clockwork-toy clockwork-sd15 adadiff-toy adadiff-sd15 budget-toy clean
 
 venv: $(STAMP)
 
@@ -169,6 +169,12 @@ adadiff-toy: venv
 # alternating), the toy's exit histograms priced on SD1.5 -> docs/adadiff_sd15.md. Exports under build/adadiff_sd15.
 adadiff-sd15: venv
 	$(BIN)/python scripts/adadiff_sd15.py
+
+# BudgetFusion on the shipped toy student (needs make toy-full's build/toy-full/steps): budget-data over S = {1, 2, 3,
+# 4, 6, 8}, both predictor kinds, export with step_budget, fixed / oracle / random / predictor on 1000 toy-val
+# prompts, runtime timing and bench -> docs/budget_toy.md. Cached under build/budget.
+budget-toy: venv
+	$(BIN)/python scripts/budget_toy.py
 
 clean:
 	rm -rf build .pytest_cache
