@@ -96,6 +96,10 @@ def test_unparseable_number_is_one_line(capsys, out_png, tiny_onnx_dir):
     with pytest.raises(SystemExit) as exc:
         main(["generate", "--onnx", str(tiny_onnx_dir), PROMPT, "--steps", "many"])
     err = capsys.readouterr().err.strip().splitlines()
+    assert exc.value.code == 2 and len(err) == 1 and "--steps: must be an integer or auto" in err[0] and "'many'" in err[0]
+    with pytest.raises(SystemExit) as exc:
+        main(["generate", "--onnx", str(tiny_onnx_dir), PROMPT, "--seed", "many"])
+    err = capsys.readouterr().err.strip().splitlines()
     assert exc.value.code == 2 and len(err) == 1 and "invalid int value: 'many'" in err[0]
 
 

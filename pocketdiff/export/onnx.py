@@ -174,12 +174,15 @@ def quantize_int8(path: Path) -> None:
 
 def export_onnx_target(pipe, info, folder: Path, precision: str, quantization: str | None, progress=None
                        ) -> list[dict]:
-    """Write the bundle's ``onnx/`` folder, check parity of each component, return manifest records."""
-    export_onnx_into(pipe, info, folder, progress)
+    """Write the bundle's ``onnx/`` folder component by component, each checked for parity right after its export
+(a parity failure stops at the first bad component, not after them all); return manifest records."""
     records = []
     for spec in component_specs(pipe):
+        log.info("exporting %s to ONNX", spec.name)
+        if progress:
+            progress(f"onnx: {spec.name}")
         rel = ROLES[spec.name].onnx_file
-        path = folder / rel
+        path = export_component(spec, folder)
         if precision == "fp16":
             convert_fp16(path)
         if quantization == "int8":
@@ -193,4 +196,5 @@ def export_onnx_target(pipe, info, folder: Path, precision: str, quantization: s
             [i.to_dict() for i in session.inputs], [o.to_dict() for o in session.outputs],
             {f"batch{b}": r for b, r in parity.items()},
             {"opset": opset, "exporter": "torch.onnx.export(dynamo=True)", "layout": "optimum"}))
+    _write_configs(pipe, info, folder)
     return records
