@@ -115,8 +115,8 @@ def _adadiff_calibrate(args, cfg: AdaDiffCalibrateConfig) -> str:
 
 
 def _budget_data(args, cfg: BudgetDataConfig) -> str:
-    out = budget_data(args.pipeline, args.out, cfg, workdir_for(args), progress=_bar("budget-data", args),
-                      overwrite=args.force)
+    with Progress("budget-data", "chunk", args.no_progress) as progress:
+        out = budget_data(args.pipeline, args.out, cfg, workdir_for(args), progress=progress, overwrite=args.force)
     t = load_table(out)
     j = list(t["metrics"]).index("dreamsim")
     means = ", ".join(f"{s}: {d:.4f}" for s, d in zip(t["step_counts"], t["curves"][:, :, j].mean(0)))
@@ -133,10 +133,6 @@ def _budget_train(args, cfg: BudgetTrainConfig) -> str:
     return (f"kept the {rep['kept']} predictor (held-out standardised MSE: {errs}); presets on the held-out prompts: "
             f"{presets} (default {rep['default_preset']})\nwrote the pipeline with step_budget/ to {out}; report "
             f"and loss logs in {workdir}")
-
-
-def _bar(desc: str, args):
-    return Progress(desc, "chunk", args.no_progress)
 
 
 # command -> (config dataclass, handler, help, (extra flag, required, help)...)
