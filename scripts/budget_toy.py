@@ -86,11 +86,10 @@ def compare_choices(cfg: ToyBudget, spec, pred: np.ndarray, val: dict, models, i
     j = list(val["metrics"]).index("dreamsim")
     d, images = val["curves"][:, :, j], val["images"]
     rows = np.arange(len(d))
-    first = lambda ok: np.where(ok.any(1), np.argmax(ok, 1), len(counts) - 1)  # noqa: E731  smallest reaching
-    pred_d = pred[:, :, j]
-    pred_rule = lambda tau: first(pred_d <= tau)  # noqa: E731  (= spec.choose on dreamsim, vectorised)
-    oracle_rule = lambda tau: first(d <= tau)  # noqa: E731
-    taus = np.unique(np.concatenate([np.quantile(pred_d, np.linspace(0, 1, 801)), [np.inf]]))
+    index = lambda steps: np.searchsorted(counts, steps)  # noqa: E731  step counts -> indices into S
+    pred_rule = lambda tau: index(spec.choose(pred, {"dreamsim": tau}))  # noqa: E731  the runtime's rule
+    oracle_rule = lambda tau: index(spec.choose(val["curves"], {"dreamsim": tau}))  # noqa: E731  on the true curves
+    taus = np.unique(np.concatenate([np.quantile(pred[:, :, j], np.linspace(0, 1, 801)), [np.inf]]))
     pred_curve = sweep(pred_rule, d, counts, taus)
     oracle_curve = sweep(oracle_rule, d, counts, np.unique(np.concatenate([np.quantile(d, np.linspace(0, 1, 1601)),
                                                                            [np.inf]])))
@@ -115,7 +114,7 @@ def compare_choices(cfg: ToyBudget, spec, pred: np.ndarray, val: dict, models, i
         kf = np.full(len(d), list(counts).index(s))
         fixed = entry(kf)
         preset = spec.presets[f"like-{s}"]
-        k_preset = np.searchsorted(counts, [spec.choose(q, preset) for q in pred])  # step counts -> indices
+        k_preset = index(spec.choose(pred, preset))
         tau_m, _, _ = matched(pred_curve, fixed["mean_dreamsim"])
         k_pred = pred_rule(tau_m)
         tau_o, _, _ = matched(oracle_curve, fixed["mean_dreamsim"])

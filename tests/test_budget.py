@@ -136,6 +136,8 @@ def test_rule_picks_the_smallest_step_count_reaching_every_target():
     assert spec.choose(q, {"dreamsim": 0.1}) == 4
     assert spec.choose(q, {"ssim": 0.5, "dreamsim": 0.06}) == 4
     assert spec.choose(q, {"ssim": 2.0}) == 8  # none reaches: the largest
+    batch = np.stack([q, q[::-1]])  # the second curve's quality falls with steps: only 1 step reaches ssim 0.95
+    assert spec.choose(batch, {"ssim": 0.95}).tolist() == [8, 1] and spec.choose(batch, {"ssim": 2.0}).tolist() == [8, 8]
     assert spec.targets("auto") == {"ssim": 0.5} and spec.targets("auto:dreamsim=0.2,ssim=0.1") == {
         "dreamsim": 0.2, "ssim": 0.1}
     for bad, msg in (("auto:slow", "preset"), ("auto:lpips=0.1", "lpips"), ("auto:ssim=high", "METRIC=NUMBER"),

@@ -109,10 +109,6 @@ class StepBudgetPredictor(ModelMixin, ConfigMixin):
         self.target_std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
 
 
-def is_step_budget(model) -> bool:
-    return isinstance(model, StepBudgetPredictor)
-
-
 def budget_spec(model: StepBudgetPredictor) -> BudgetSpec:
     """The manifest's ``step_budget`` entry for a predictor (its step counts, metrics, directions, presets)."""
     c = model.config

@@ -38,8 +38,7 @@ from pocketdiff.toyworld.world import batch
 log = logging.getLogger(__name__)
 PROMPT_SOURCES = ("toy-train", "toy-val")
 TABLE = "budget_data.npz"
-STUDENT_STEP_COUNTS = (1, 2, 3, 4, 6, 8)  # the S for a few-step student
-TEACHER_STEP_COUNTS = (2, 4, 6, 8, 12, 16, 25, 50)  # and for the teacher
+STUDENT_STEP_COUNTS = (1, 2, 3, 4, 6, 8)  # S for a few-step student (a teacher: 2,4,6,8,12,16,25,50)
 
 
 @dataclass

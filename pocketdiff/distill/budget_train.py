@@ -111,11 +111,6 @@ def heldout_errors(model: StepBudgetPredictor, hidden: torch.Tensor, curves: tor
     return out
 
 
-def choices(spec: BudgetSpec, predicted: np.ndarray, targets: dict) -> np.ndarray:
-    """The rule's step count per prompt ([N, K, M] predictions -> [N])."""
-    return np.array([spec.choose(q, targets) for q in predicted])
-
-
 def calibrate_presets(spec: BudgetSpec, predicted: np.ndarray, curves: np.ndarray, primary: str) -> dict:
     """``like-s`` per step count s < max(S): the target on ``primary`` whose choices match, on these prompts, the mean
     ``primary`` of a fixed s with the fewest mean steps (see the module docstring). -> name -> record."""
@@ -125,7 +120,7 @@ def calibrate_presets(spec: BudgetSpec, predicted: np.ndarray, curves: np.ndarra
     rows = np.arange(len(curves))
     table = []
     for tau in candidates:
-        pick = choices(spec, predicted, {primary: float(tau)})
+        pick = spec.choose(predicted, {primary: float(tau)})
         k = np.searchsorted(counts, pick)
         table.append((float(tau), float(pick.mean()), float(curves[rows, k, j].mean())))
     presets = {}

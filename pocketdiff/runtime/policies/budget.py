@@ -108,14 +108,19 @@ class BudgetSpec:
         self._check_targets(targets, f"request {request!r}")
         return targets
 
-    def choose(self, quality: np.ndarray, targets: Mapping[str, float]) -> int:
-        """The smallest step count whose predicted ``quality`` [K, M] reaches every target, else the largest."""
-        quality = np.asarray(quality, dtype=np.float64).reshape(len(self.step_counts), len(self.metrics))
-        ok = np.ones(len(self.step_counts), dtype=bool)
-        for m, tau in targets.items():
-            j = self.metrics.index(m)
-            ok &= quality[:, j] >= tau if self.higher_is_better[j] else quality[:, j] <= tau
-        return int(self.step_counts[int(np.argmax(ok))] if ok.any() else self.step_counts[-1])
+    def choose(self, quality: np.ndarray, targets: Mapping[str, float]):
+        """The smallest step count whose predicted ``quality`` [K, M] reaches every target, else the largest (an int);
+        for a batch of curves [N, K, M], the N step counts (an array)."""
+        k, m = len(self.step_counts), len(self.metrics)
+        q = np.asarray(quality, dtype=np.float64)
+        batched = q.ndim == 3
+        q = q.reshape(-1, k, m)
+        ok = np.ones(q.shape[:2], dtype=bool)  # [N, K]
+        for name, tau in targets.items():
+            j = self.metrics.index(name)
+            ok &= q[:, :, j] >= tau if self.higher_is_better[j] else q[:, :, j] <= tau
+        steps = np.asarray(self.step_counts)[np.where(ok.any(axis=1), ok.argmax(axis=1), k - 1)]
+        return steps if batched else int(steps[0])
 
 
 def predict_steps(call, spec: BudgetSpec, prompt_hidden: np.ndarray, request: str) -> tuple[int, dict]:
