@@ -14,8 +14,10 @@ from pocketdiff.errors import PocketdiffError
 from pocketdiff.export.bundle import SCHEMA, ExportConfig, write_bundle
 from pocketdiff.generate import GenerateConfig, generate_runtime, generate_torch
 from pocketdiff.runtime.bundle import load_bundle
+from pocketdiff.runtime.conformance import decode
 from pocketdiff.runtime.rng import initial_latents
 from pocketdiff.runtime.sampler import RuntimePipeline
+from pocketdiff.runtime.schedulers import SCHEDULERS
 
 ALL = ("onnx", "coreml", "executorch")
 
@@ -340,3 +342,25 @@ def test_parity_failure_is_one_line_and_leaves_no_bundle(tiny_pipeline_dir, tmp_
     assert err.count("\n") == 0 and err.startswith("error: export parity failed for text_encoder.last_hidden_state")
     assert "PSNR" in err and "threshold >= 0.0 dB" in err and "max abs error" in err and "threshold <= -1.0" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_scheduler_vectors_match_diffusers(bundle):
+    """The vectors' every scheduler record (what the ports step on) recomputed with diffusers' own classes."""
+    import diffusers
+    import torch
+
+    entries = json.loads((bundle / "test_vectors.json").read_text())["schedulers"]
+    assert [e["name"] for e in entries] == list(SCHEDULERS)
+    for e in entries:
+        sched = getattr(diffusers, e["config"]["_class_name"]).from_config(e["config"])
+        sched.set_timesteps(e["steps"])
+        np.testing.assert_allclose(sched.timesteps.numpy(), e["timesteps"], err_msg=e["name"])
+        assert abs(float(sched.init_noise_sigma) - e["init_noise_sigma"]) < 1e-4 * max(1.0, e["init_noise_sigma"])
+        for r in e["records"]:
+            t = sched.timesteps[r["index"]]
+            sample = torch.from_numpy(decode(r["sample"]))
+            scaled = sched.scale_model_input(sample, t)
+            prev = sched.step(torch.from_numpy(decode(r["model_output"])), t, sample).prev_sample
+            for got, want in ((scaled, r["scaled_sample"]), (prev, r["prev_sample"])):
+                np.testing.assert_allclose(got.numpy(), decode(want), atol=1e-4, rtol=1e-4,
+                                           err_msg=f"{e['name']} step {r['index']}")

@@ -8,9 +8,8 @@ Layout::
     coreml/              TextEncoder/Unet/VAEDecoder.mlpackage, vocab.json, merges.txt
                          in apple's Swift StableDiffusion layout         (export/coreml.py)
     executorch/          text_encoder.pte, unet.pte, vae_decoder.pte (XNNPACK) (export/executorch.py)
-    test_vectors.json    token ids, initial-latent draws, timesteps, and the step policy's call trace and
-                         latents after step 1 and the last step (the apps' conformance numbers); with a step-budget
-                         predictor its predicted quality and chosen steps for the vector prompts
+    test_vectors.json    the app ports' conformance numbers (export/vectors.py, docs/ports.md): token ids, RNG draws,
+                         timesteps, scheduler steps, the step policy's trace and a replay of its every call
 
 Every file is listed in ``manifest.files`` with its size and sha256; loaders check them all before
 anything is loaded (``runtime/bundle.py``). ``manifest.components`` is a list (role, target, file,
@@ -30,7 +29,6 @@ from pathlib import Path
 from typing import Callable
 
 import jsonschema
-import numpy as np
 
 from pocketdiff.architectures.step_budget import attach_step_budget, budget_spec
 from pocketdiff.build import Context, Stage
@@ -38,23 +36,16 @@ from pocketdiff.errors import PocketdiffError, choice_error
 from pocketdiff.export import coreml, executorch, onnx
 from pocketdiff.export.components import guidance_embed_dim
 from pocketdiff.export.torch_session import default_policy, torch_runtime
+from pocketdiff.export.vectors import bundle_vectors
 from pocketdiff.pinned import pinned_defaults
 from pocketdiff.pipedir import atomic_output_dir, inspect_pipeline, load_pipeline, package_versions
 from pocketdiff.runtime.bundle import FORMAT_VERSION, MANIFEST, SIGNATURE_FILE, sha256_file
-from pocketdiff.runtime.policies import predict_steps
-from pocketdiff.runtime.rng import initial_latents
 from pocketdiff.runtime.sampler import check_generation_args
-from pocketdiff.runtime.schedulers import get_scheduler_entry, scheduler_from_config, scheduler_name_for
+from pocketdiff.runtime.schedulers import get_scheduler_entry, scheduler_name_for
 from pocketdiff.runtime.signing import sign
-from pocketdiff.runtime.tokenizer import CLIPBPETokenizer
 
 log = logging.getLogger(__name__)
 SCHEMA = Path(__file__).with_name("manifest.schema.json")
-VECTOR_PROMPTS = ("a small red circle in the top left on a grey background", "a blue square left of a yellow ring",
-                  "Hello, World! 123")
-VECTOR_SEEDS = (0, 42)
-VECTOR_MAX_STEPS = 8  # the policy vectors run the pinned steps, at most this many (an SD1.5 UNet step is seconds),
-# except for a policy that runs one step count only (a DDSM schedule)
 ProgressCallback = Callable[[int, int], None]
 
 
@@ -127,48 +118,6 @@ class ExportConfig:
         return self.guidance > 1.0
 
 
-def _latent_record(x: np.ndarray) -> dict:
-    return {"first_values": x.reshape(-1)[:16].tolist(), "mean_abs": float(np.abs(x).mean())}
-
-
-def _test_vectors(pipe, tokenizer_dir: Path, sched_cfg: dict, latent_shape: tuple, steps: int, guidance: float,
-                  policy) -> dict:
-    """Numbers the apps' tests check: the runtime's tokenizer, RNG and scheduler (the parts the apps mirror),
-    and the step policy's call trace and latents from the runtime's own loop run on the PyTorch components
-    (``export.torch_session``), for the first vector prompt at seed 0."""
-    tok = CLIPBPETokenizer.from_dir(tokenizer_dir)
-    sched = scheduler_from_config(sched_cfg)
-    sched.set_timesteps(steps)
-    n = policy.fixed_steps() or min(steps, VECTOR_MAX_STEPS)  # a per-step schedule runs its own length
-    latents: dict[int, np.ndarray] = {}
-    runtime = torch_runtime(pipe, tokenizer_dir, sched_cfg, policy)
-    result = runtime.generate(VECTOR_PROMPTS[0], steps=n, guidance=guidance, seed=0,
-                              on_step=lambda i, x: latents.__setitem__(i, x.copy()))
-    budget = {}
-    if runtime.budget is not None:  # the predictor's output and the default rule's choice per vector prompt
-        budget = {"step_budget": [_budget_vector(runtime, p) for p in VECTOR_PROMPTS]}
-    return {
-        "tokens": [{"prompt": p, "input_ids": tok(p).input_ids} for p in VECTOR_PROMPTS],
-        "initial_latents": [{"seed": s, "shape": [1, *latent_shape],
-                             "first_values": initial_latents(s, (1, *latent_shape)).reshape(-1)[:16].tolist()}
-                            for s in VECTOR_SEEDS],
-        "timesteps": {"steps": steps, "values": sched.timesteps.tolist()},
-        "sampler": {**policy.to_dict(), "prompt": VECTOR_PROMPTS[0], "seed": 0, "steps": n, "guidance": guidance,
-                    "trace": [c.to_dict(with_time=False) for c in result.trace],
-                    "latent_after_step_1": _latent_record(latents[0]),
-                    "latent_after_last_step": _latent_record(latents[max(latents)]), "tolerance": 1e-3},
-        **budget,
-    }
-
-
-def _budget_vector(runtime, prompt: str) -> dict:
-    ids = np.asarray([runtime.tokenizer(prompt, truncate=True).input_ids], dtype=np.int64)
-    hidden = runtime.sessions["text_encoder"].run({"input_ids": ids})["last_hidden_state"]
-    steps, record = predict_steps(lambda role, feeds: runtime.sessions[role].run(feeds), runtime.budget, hidden, "auto")
-    return {"prompt": prompt, "quality": record["predicted"], "targets": record["targets"], "steps": steps,
-            "tolerance": 1e-3}
-
-
 def write_bundle(pipeline_dir: str | Path, out_dir: str | Path, config: ExportConfig | None = None,
                  overwrite: bool = False, progress: ProgressCallback | None = None, sign_key=None) -> Path:
     """Export ``pipeline_dir`` to an app bundle at ``out_dir`` (layout in the module docstring); with
@@ -204,8 +153,8 @@ def write_bundle(pipeline_dir: str | Path, out_dir: str | Path, config: ExportCo
             components += TARGETS[name].export(pipe, info, tmp / name, config.precision, config.quantize,
                                                unet_batch2, step)
         step("test vectors")
-        vectors = _test_vectors(pipe, info.tokenizer_dir, sched_cfg, info.latent_shape, config.steps, config.guidance,
-                                policy)
+        vectors = bundle_vectors(torch_runtime(pipe, info.tokenizer_dir, sched_cfg, policy), info.tokenizer_dir,
+                                 config.steps, config.guidance)
         (tmp / "test_vectors.json").write_text(json.dumps(vectors, indent=1) + "\n")
         files = [{"path": f.relative_to(tmp).as_posix(), "sha256": sha256_file(f), "bytes": f.stat().st_size}
                  for f in sorted(tmp.rglob("*")) if f.is_file()]
