@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 QUIET_PIP := { grep -v "^WARNING: Location '.*' is ignored" || true; }
 DEMO := build/demo
 
-.PHONY: venv test test-slow demo regress-demo toy-full teacher baseline export-bench bench-sd15 slim-toy bench-slim-sd15 decoder-toy bench-decoder-sd15 steps-toy ddsm-toy ddsm-sd15 clockwork-toy clockwork-sd15 adadiff-toy adadiff-sd15 budget-toy clean
+.PHONY: venv test test-slow test-ports ports-deps ports-table demo regress-demo toy-full teacher baseline export-bench bench-sd15 slim-toy bench-slim-sd15 decoder-toy bench-decoder-sd15 steps-toy ddsm-toy ddsm-sd15 clockwork-toy clockwork-sd15 adadiff-toy adadiff-sd15 budget-toy clean
 
 venv: $(STAMP)
 
@@ -19,8 +19,33 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q -e '.[test]' 2>&1 | $(QUIET_PIP)
 	touch $(STAMP)
 
-test: venv
+test: venv ports-deps
 	$(BIN)/python -m pytest -q --durations=10
+
+# The app ports' toolchains (docs/ports.md): Debian's kotlin (kotlinc 1.3.31), gson, junit4 and chromium, and
+# web_demo's npm packages from its package-lock.json. Installs only what is missing.
+PORT_DEBS := kotlin libgoogle-gson-java junit4 chromium
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+ports-deps: web_demo/node_modules/.installed
+	@missing=""; for p in $(PORT_DEBS); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ]; then echo "installing$$missing"; $(SUDO) apt-get update -q >/dev/null && \
+		DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -q $$missing >/dev/null; fi
+
+web_demo/node_modules/.installed: web_demo/package-lock.json
+	npm ci --prefix web_demo --no-audit --no-fund --loglevel=error
+	touch $@
+
+# The ports alone (the quick loop): the shipped student's vectors, hostile bundles, signatures, JUnit, node --test
+# and the headless-Chromium generation.
+test-ports: venv ports-deps
+	$(BIN)/python -m pytest -q tests/test_ports.py
+
+# docs/ports.md's conformance table and docs/web_demo.png: the port tests and every method bundle's replay (builds
+# the method test fixtures: about 10 min on 2 cores).
+ports-table: venv ports-deps
+	rm -rf build/ports/reports
+	$(BIN)/python -m pytest -q -k "test_ports or app_port" tests/
+	$(BIN)/python scripts/ports_table.py
 
 test-slow: venv
 	$(BIN)/python -m pytest -q -m slow --durations=0 -s

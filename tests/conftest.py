@@ -54,3 +54,11 @@ def copy_pipeline(tiny_pipeline_dir, tmp_path):
         return dst
 
     return _copy
+
+
+@pytest.fixture(scope="session")
+def ports(tmp_path_factory):
+    """The app ports' runners (tests/ports.py): the Kotlin core compiled once, node with web_demo's packages."""
+    from ports import build_ports
+
+    return build_ports(tmp_path_factory.mktemp("kotlin"))

@@ -17,6 +17,7 @@ from pocketdiff.errors import PocketdiffError
 from pocketdiff.loop import Interrupted
 from pocketdiff.pipedir import inspect_pipeline, load_pipeline, read_history, read_train_log
 from pocketdiff.runtime.policies import exit_levels, make_policy
+from ports import check_all_ports
 
 
 def _inputs(unet, batch=2, seed=0):
@@ -269,3 +270,8 @@ def test_adadiff_build_stage_trains_and_calibrates(tiny_pipeline_dir, tmp_path):
     out = tmp_path / "work" / "adadiff"
     assert pinned_defaults(pipeline=out).steps == 2
     assert load_pipeline(out).unet.config.adadiff_exits == [1]
+
+
+def test_every_app_port_replays_this_bundles_vectors(ada_bundle, ports):
+    """The Kotlin and JS cores (and the runtime itself) replay this bundle's recorded run (tests/ports.py)."""
+    check_all_ports(ports, ada_bundle, "tiny-adadiff", expect=("policy:adadiff",))

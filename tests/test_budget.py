@@ -20,6 +20,7 @@ from pocketdiff.runtime.manifest import check_manifest
 from pocketdiff.runtime.policies import STEP_BUDGET, BudgetSpec, runtime_roles
 from pocketdiff.runtime.sampler import RuntimePipeline
 from pocketdiff.toyworld import TOY_TEACHER_DIR
+from ports import check_all_ports
 
 
 def _images(seed, n=3):
@@ -265,3 +266,8 @@ def test_eval_auto_reports_the_steps_taken(budget_bundle, tmp_path, capsys):
     taken = json.loads((tmp_path / "e.json").read_text())["steps_taken"]
     assert taken == {"mean": 1.0, "histogram": {"1": 2}}  # every step count reaches 1e9: the smallest, 1
     assert "steps auto:dreamsim=1e9: mean 1.00" in capsys.readouterr().out
+
+
+def test_every_app_port_replays_this_bundles_vectors(budget_bundle, ports):
+    """The Kotlin and JS cores (and the runtime itself) replay this bundle's recorded run (tests/ports.py)."""
+    check_all_ports(ports, budget_bundle, "tiny-budget", expect=("step_budget",))

@@ -18,6 +18,7 @@ from pocketdiff.runtime.conformance import decode
 from pocketdiff.runtime.rng import initial_latents
 from pocketdiff.runtime.sampler import RuntimePipeline
 from pocketdiff.runtime.schedulers import SCHEDULERS
+from ports import check_all_ports
 
 ALL = ("onnx", "coreml", "executorch")
 
@@ -342,6 +343,11 @@ def test_parity_failure_is_one_line_and_leaves_no_bundle(tiny_pipeline_dir, tmp_
     assert err.count("\n") == 0 and err.startswith("error: export parity failed for text_encoder.last_hidden_state")
     assert "PSNR" in err and "threshold >= 0.0 dB" in err and "max abs error" in err and "threshold <= -1.0" in err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_every_app_port_replays_this_bundles_vectors(bundle, ports):
+    """The Kotlin and JS cores (and the runtime itself) replay this bundle's recorded run (tests/ports.py)."""
+    check_all_ports(ports, bundle, "tiny-cfg", expect=("policy:cfg",))
 
 
 def test_scheduler_vectors_match_diffusers(bundle):

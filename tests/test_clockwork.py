@@ -16,6 +16,7 @@ from pocketdiff.errors import PocketdiffError
 from pocketdiff.loop import Interrupted
 from pocketdiff.pipedir import load_pipeline, read_history, read_train_log
 from pocketdiff.runtime.policies import clock_schedule, make_policy
+from ports import check_all_ports
 
 
 def _inputs(unet, batch=2, seed=0):
@@ -252,3 +253,8 @@ def test_clockwork_build_stage_pins_the_student_steps(trained, tmp_path):
     assert pinned_defaults(pipeline=out).steps == 3
     unet = load_pipeline(out).unet
     assert unet.config.clockwork_adaptor["kind"] == "identity" and unet.config.clockwork_schedule["steps"] == 3
+
+
+def test_every_app_port_replays_this_bundles_vectors(cw_bundle, ports):
+    """The Kotlin and JS cores (and the runtime itself) replay this bundle's recorded run (tests/ports.py)."""
+    check_all_ports(ports, cw_bundle, "tiny-clockwork", expect=("policy:clockwork",))

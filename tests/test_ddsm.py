@@ -12,6 +12,7 @@ from pocketdiff.errors import PocketdiffError
 from pocketdiff.loop import Interrupted
 from pocketdiff.pipedir import load_pipeline, read_history, read_train_log
 from pocketdiff.runtime.policies import make_policy
+from ports import check_all_ports
 
 SCHEDULE = [1.0, 0.5, 0.75, 0.5]
 
@@ -191,3 +192,8 @@ n_prompts = 1
     assert schedule["scheduler"] == "dpm++2m" and len(schedule["widths"]) == 2
     assert set(schedule["widths"]) <= {0.5, 1.0}
     assert pinned_defaults(pipeline=out) == type(pinned_defaults(pipeline=out))(2, 2.0, "dpm++2m")
+
+
+def test_every_app_port_replays_this_bundles_vectors(ddsm_bundle, ports):
+    """The Kotlin and JS cores (and the runtime itself) replay this bundle's recorded run (tests/ports.py)."""
+    check_all_ports(ports, ddsm_bundle, "tiny-ddsm", expect=("policy:ddsm",))
