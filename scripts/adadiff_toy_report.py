@@ -145,9 +145,9 @@ def write_report(result: dict, stem: Path) -> None:
                   f"| attribute accuracy within 1 point | {t['accuracy_delta_points']:+.1f} points | "
                   f"{'yes' if t['met']['accuracy within 1 point'] else '**no**'} |", ""]
         lines += _table(st) + [""]
-        lines += [f"MACs per batch-1 call: " + ", ".join(f"`{k}` {v / 1e6:.2f} M" for k, v in
+        lines += ["MACs per batch-1 call: " + ", ".join(f"`{k}` {v / 1e6:.2f} M" for k, v in
                                                           st["macs_per_call"].items()) + ".", "",
-                  f"The bench compare's traced prompts stopped at levels (per step): "
+                  "The bench compare's traced prompts stopped at levels (per step): "
                   + "; ".join(" ".join(str(x) for x in lv) for lv in st["bench_traces_levels"]) + ".", ""]
         plot_curve(st, f"AdaDiff, toy teacher, {slug}", stem.parent / f"adadiff_toy_curve_{slug}.png")
         plot_histogram(st, f"exits per step, {slug}, threshold {st['rows']['weighted']['threshold']:.4f}",

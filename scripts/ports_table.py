@@ -30,7 +30,8 @@ def _order(check: str) -> tuple[int, str]:
 def _cell(by_status: dict[str, list[str]], show_bundles: bool) -> str:
     parts = []
     for status, bundles in sorted(by_status.items()):
-        parts.append(f"**{status}**" + (f" ({', '.join(sorted(set(bundles)))})" if show_bundles else ""))
+        named = show_bundles and status != "not run"  # where a check ran is what matters
+        parts.append(f"**{status}**" + (f" ({', '.join(sorted(set(bundles)))})" if named else ""))
     return "; ".join(parts)
 
 

@@ -170,7 +170,7 @@ def render(r: dict, out: Path) -> str:
             lines.append(f"| {x['model']} | {x['round']} ({x['steps']} steps) | {c['cfg_prob']:g} | "
                          f"[{c['w_min']:g}, {c['w_max']:g}] | {c['iters']} × {c['batch_size']} | {c['lr']:g} "
                          f"({c['lr_schedule']}) | {c['ema_decay'] or 'none'} | {c['v_warmup_iters'] or 'none'} |")
-    lines += ["", f"## Samples (the first 8 prompts, seeds 0-7; rows in the order of the table)", "",
+    lines += ["", "## Samples (the first 8 prompts, seeds 0-7; rows in the order of the table)", "",
               f"![grid]({out.name}_grid.png)", "", "Prompts: " + "; ".join(f"{i}. {p}" for i, p in
                                                                           enumerate(r["grid_prompts"])), "",
               "## Loss curves (per round: `vanilla` + `cfg` = `loss`)", "", f"![losses]({out.name}_losses.png)"]

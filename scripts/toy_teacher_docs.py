@@ -9,7 +9,6 @@ Usage: python scripts/toy_teacher_docs.py
 import json
 from pathlib import Path
 
-import numpy as np
 
 from pocketdiff.benchmarks.quality import EvalModels, attribute_report, prompt_set, reference_images
 from pocketdiff.toyworld import TEACHER_GUIDANCE, TOY_TEACHER_DIR

@@ -66,14 +66,21 @@ HOSTILE = {
 }
 
 
-@pytest.mark.parametrize("case", list(HOSTILE))
-def test_hostile_bundle_fails_closed_without_touching_outside(tiny_bundle, tmp_path, monkeypatch, capsys, case):
+def hostile_bundle(bundle: Path, tmp_path: Path, case: str) -> tuple[Path, str]:
+    """A copy of ``bundle`` made hostile as HOSTILE[case] says (a secret file waits outside it), and the words the
+    refusal must contain."""
     make, message = HOSTILE[case]
     secret = tmp_path / "outside" / "secret.onnx"
     secret.parent.mkdir()
-    shutil.copy(tiny_bundle / "onnx/unet/model.onnx", secret)
-    b = _copy(tiny_bundle, tmp_path)
+    shutil.copy(bundle / "onnx/unet/model.onnx", secret)
+    b = _copy(bundle, tmp_path)
     make(b, secret)
+    return b, message
+
+
+@pytest.mark.parametrize("case", list(HOSTILE))
+def test_hostile_bundle_fails_closed_without_touching_outside(tiny_bundle, tmp_path, monkeypatch, capsys, case):
+    b, message = hostile_bundle(tiny_bundle, tmp_path, case)
     touched = Touched(monkeypatch)
     with pytest.raises(PocketdiffError) as exc:
         RuntimePipeline.from_bundle(b)

@@ -8,19 +8,18 @@ import base64
 import hashlib
 import json
 import re
-import shutil
 import subprocess
 
 import numpy as np
 import pytest
 from PIL import Image
 from ports import KOTLIN_CORE, REPORTS, ROOT, WEB, check_all_ports, record_check
-from test_bundle_security import HOSTILE, _copy, _edit
+from test_bundle_security import HOSTILE, _copy, _edit, hostile_bundle
 
 from pocketdiff.cli import main
 from pocketdiff.errors import PocketdiffError
 from pocketdiff.runtime.bundle import SIGNATURE_FILE, load_bundle
-from pocketdiff.runtime.signing import keygen, load_private_key, sign
+from pocketdiff.runtime.signing import keygen, load_private_key, load_public_key, sign
 
 STUDENT = ROOT / "pocketdiff" / "toyworld" / "assets" / "student"
 PROMPT = "a small red circle in the top left on a grey background"
@@ -50,12 +49,7 @@ def test_js_core_node_tests(ports):
 
 @pytest.mark.parametrize("case", list(HOSTILE))
 def test_hostile_bundles_are_refused_by_every_port(ports, tiny_bundle, tmp_path, case):
-    make, message = HOSTILE[case]
-    secret = tmp_path / "outside" / "secret.onnx"
-    secret.parent.mkdir()
-    shutil.copy(tiny_bundle / "onnx/unet/model.onnx", secret)
-    b = _copy(tiny_bundle, tmp_path)
-    make(b, secret)
+    b, message = hostile_bundle(tiny_bundle, tmp_path, case)
     with pytest.raises(PocketdiffError, match=re.escape(message)):
         load_bundle(b)
     record_check("python", f"reject: {case}", "passed", message)
@@ -78,11 +72,18 @@ def test_signatures_verify_and_fail_closed_in_every_port(ports, tmp_path):
     (foreign / SIGNATURE_FILE).write_text(sign((foreign / "manifest.json").read_bytes(), load_private_key(theirs)))
     unsigned = _copy(signed, tmp_path, "unsigned")
     (unsigned / SIGNATURE_FILE).unlink()
+    cases = {"signed manifest edited": (edited, "does not verify"), "signed by another key": (foreign, "does not verify"),
+             "unsigned under a trusted key": (unsigned, "is not signed")}
+    for case, (bad, message) in cases.items():
+        with pytest.raises(PocketdiffError, match=message):
+            load_bundle(bad, trusted_key=load_public_key(ours_pub))
+        record_check("python", f"reject: {case}", "passed", message)
     for port in PORTED:
         assert ports.run(port, "verify", signed, ours_pub).stdout.strip() == "ok", port
-        for bad, message in ((edited, "does not verify"), (foreign, "does not verify"), (unsigned, "is not signed")):
+        for case, (bad, message) in cases.items():
             proc = ports.run(port, "verify", bad, ours_pub)
             assert proc.returncode == 2 and message in proc.stderr and proc.stderr.startswith("error: "), (port, bad)
+            record_check(port, f"reject: {case}", "passed", proc.stderr.strip())
 
 
 def test_web_demo_generates_the_students_image_in_chromium(ports, tmp_path, capsys):
