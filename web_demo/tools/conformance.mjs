@@ -224,7 +224,8 @@ export async function conformance(dir, keyFile) {
     if (vec?.sampler && vec?.replay) {
       checks[name] = await guarded(() => checkReplay(bundle, policy, tokenizer, vec.sampler, vec.replay));
     } else checks[name] = none('replay');
-    if (vec?.step_budget) checks.step_budget = await guarded(() => checkBudget(m, vec.step_budget));
+    checks.step_budget = vec?.step_budget ? await guarded(() => checkBudget(m, vec.step_budget))
+      : notRun('the bundle has no step-budget predictor');
   }
   return { port: PORT, bundle: dir, checks };
 }

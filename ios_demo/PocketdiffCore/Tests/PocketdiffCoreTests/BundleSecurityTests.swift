@@ -42,12 +42,18 @@ final class BundleSecurityTests: XCTestCase {
         }
     }
 
-    func testComponentPathWithDotDot() throws {
+    /// The manifest with the unet component's `key` set to `value`, and that component's index.
+    func withUnet(_ key: String, _ value: Any) throws -> ([String: Any], Int) {
         var m = try manifest()
         let i = unetIndex(m)
         var comps = m["components"] as! [[String: Any]]
-        comps[i]["path"] = "onnx/../../outside/secret.onnx"
+        comps[i][key] = value
         m["components"] = comps
+        return (m, i)
+    }
+
+    func testComponentPathWithDotDot() throws {
+        let (m, i) = try withUnet("path", "onnx/../../outside/secret.onnx")
         assertRefused(try write(m), "manifest.components[\(i)].path must stay inside the bundle")
     }
 
@@ -60,11 +66,7 @@ final class BundleSecurityTests: XCTestCase {
     }
 
     func testComponentWithAnUnknownKey() throws {
-        var m = try manifest()
-        let i = unetIndex(m)
-        var comps = m["components"] as! [[String: Any]]
-        comps[i]["weights"] = "x"
-        m["components"] = comps
+        let (m, i) = try withUnet("weights", "x")
         assertRefused(try write(m), "manifest.components[\(i)] has an unknown field 'weights'")
     }
 
