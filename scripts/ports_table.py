@@ -65,7 +65,8 @@ def browser_line(reports_dir: Path) -> str:
     r = json.loads(f.read_text())
     return (f"Web demo in headless Chromium ({r.get('ep', 'wasm')}): the shipped student's image for the fixed prompt "
             f"and seed differs from `pocketdiff generate --bundle` by at most {r['max_abs_diff']}/255 "
-            f"(limit 2); {r['ms_per_step']:.2f} ms per denoising step in the browser ({r.get('user_agent', '')}).")
+            f"(limit 2); {r['ms_per_step']:.2f} ms per denoising step in the browser ({r.get('user_agent', '')}), timed "
+            f"inside the test run (under `make test` the other pytest worker shares the two cores).")
 
 
 def main() -> int:
