@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # One worker per core, each test module whole on one worker (its module fixtures built once; session fixtures such
-# as the tiny all-target bundle once per worker): 24 min against 33 min serial on this 2-core machine.
+# as the tiny all-target bundle once per worker): 25 min against 33 min serial on this 2-core machine (README).
 test: venv ports-deps
 	$(BIN)/python -m pytest -q -n auto --dist loadfile --durations=10
 
