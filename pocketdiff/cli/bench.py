@@ -1,5 +1,5 @@
-"""``bench`` and its subcommands ``compare``, ``blocks`` and ``report``: latency, memory and FLOPs, side by
-side, per block, and as HTML (``docs/benchmarks.md``)."""
+"""``bench`` and its subcommands ``compare``, ``blocks``, ``report`` and ``project``: latency, memory and FLOPs, side
+by side, per block, as HTML (``docs/benchmarks.md``), and projected onto phones (``docs/phone_projection.md``)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,10 @@ from pocketdiff.benchmarks.compare import compare, parse_side, side_names
 from pocketdiff.benchmarks.components import BACKENDS as BENCH_BACKENDS
 from pocketdiff.benchmarks.components import arch_sources, bench_components
 from pocketdiff.benchmarks.latency import machine_info
+from pocketdiff.benchmarks.projection import ProjectionConfig, format_projection, project
 from pocketdiff.benchmarks.report import read_bench_results, write_bench_report
-from pocketdiff.cli.common import Parser, Progress, add_trusted_key, note_verification, trusted_key, write_json
+from pocketdiff.cli.common import (Parser, Progress, add_config_args, add_trusted_key, check_suffix, config_from_args,
+                                   note_verification, trusted_key, write_json)
 from pocketdiff.errors import PocketdiffError, choice_error
 from pocketdiff.pipedir import load_pipeline
 
@@ -155,6 +157,14 @@ def _cmd_bench_compare(args) -> int:
     return 0
 
 
+def _cmd_bench_project(args) -> int:
+    check_suffix(args.json, ".json", "--json")
+    result = project(config_from_args(ProjectionConfig, args))
+    print(format_projection(result))
+    write_json(args.json, result)
+    return 0
+
+
 def add_commands(sub) -> None:
     b = sub.add_parser("bench", help="per-component latency, cold start, peak RSS, FLOPs (each in its own process)")
     src = b.add_mutually_exclusive_group()
@@ -222,3 +232,8 @@ def add_commands(sub) -> None:
     br.add_argument("--out", required=True, help="output .html file")
     br.add_argument("--title", default="pocketdiff benchmark")
     br.set_defaults(func=_cmd_bench_report)
+    bp = b_sub.add_parser("project", help="phone latency projection: a roofline model calibrated on published "
+                                          "per-component phone figures, with its leave-one-out error")
+    add_config_args(bp, ProjectionConfig)
+    bp.add_argument("--json", default=None, help="write the projection and its calibration to this .json file")
+    bp.set_defaults(func=_cmd_bench_project)
