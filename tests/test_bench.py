@@ -227,7 +227,7 @@ def test_compare_arch_sides_with_a_spec(tmp_path, monkeypatch):
     from pocketdiff.pipedir import load_pipeline
 
     assert load_pipeline(pruned.path).vae.config.decoder_block_out_channels == [8, 16, 16]
-    with pytest.raises(PocketdiffError, match="spec=, resolution= and decoder_width= go with arch=NAME only"):
+    with pytest.raises(PocketdiffError, match="spec=, resolution=, decoder=, decoder_width= go with arch=NAME only"):
         parse_side(f"pipeline={tmp_path},spec={spec}")
     with pytest.raises(PocketdiffError, match="unknown backend for an arch side 'coreml'"):
         parse_side("arch=tiny,backend=coreml")

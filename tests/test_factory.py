@@ -43,6 +43,6 @@ def test_tiny_pipeline(tiny_pipe):
 
 
 def test_unknown_architecture():
-    with pytest.raises(PocketdiffError, match="unknown architecture 'sd21'; allowed: sd15, tiny, toy"):
+    with pytest.raises(PocketdiffError, match="unknown architecture .sd21.; allowed: sd15, tiny, toy, sd15-student, tiny-student"):
         get_architecture("sd21")
-    assert list(ARCHITECTURES) == ["sd15", "tiny", "toy"]
+    assert list(ARCHITECTURES) == ["sd15", "tiny", "toy", "sd15-student", "tiny-student"]

@@ -4,6 +4,11 @@
 config) for latency, FLOPs, memory, export and parity work, none of which depend on weight values.
 ``tiny`` uses the same block types at toy width for fast tests. Both use the project-written
 tokenizer (``architectures/tokenizer/``), since no CLIP vocabulary can be downloaded here.
+
+``sd15-student`` is the shipped student's architecture at SD1.5 scale: the UNet slimmed by a spec
+(``architectures/specs/``: the removed blocks), a guidance embedding (``time_cond_proj_dim``: one batch-1
+pass per step instead of CFG's two) and the TAESD-style decoder (``decoder="tiny"``); ``tiny-student``
+is the same recipe on ``tiny`` for fast tests.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pocketdiff.architectures.clockwork_unet import ClockworkUNet2DConditionModel
+from pocketdiff.architectures.decoder import tiny_decoder_vae
 from pocketdiff.architectures.exit_unet import ExitUNet2DConditionModel
 from pocketdiff.architectures.slim_unet import SlimUNet2DConditionModel
 from pocketdiff.architectures.slimmable_unet import DDSMUNet2DConditionModel, WidthUNet2DConditionModel
@@ -61,14 +67,29 @@ _THREE_LEVEL_VAE = {"down_block_types": ["DownEncoderBlock2D"] * 3, "up_block_ty
                     "sample_size": 32}
 
 
+SPECS_DIR = Path(__file__).with_name("specs")
+# the image decoders an architecture can have: the VAE's own (KL) decoder, or the TAESD-style tiny one
+DECODERS = ("kl", "tiny")
+
+
 @dataclass(frozen=True)
 class Architecture:
-    """Configs of one named architecture; ``build`` makes a random-weight diffusers pipeline."""
+    """Configs of one named architecture; :func:`build_pipeline` makes a random-weight diffusers pipeline.
+
+    ``unet_spec`` names a file in ``architectures/specs/`` whose values (e.g. ``removed_blocks``) override
+    ``unet``; ``decoder`` is one of :data:`DECODERS` (``tiny``: ``architectures.decoder.tiny_decoder_vae`` of the
+    VAE with ``tiny_decoder`` = (channels, blocks per stage))."""
 
     unet: dict
     vae: dict
     text_encoder: dict
     scheduler: dict = field(default_factory=lambda: dict(SD15_SCHEDULER))
+    unet_spec: str | None = None
+    decoder: str = "kl"
+    tiny_decoder: tuple[int, int] = (64, 3)  # TAESD's decoder: 64 channels, 3 blocks per stage
+
+    def unet_config(self) -> dict:
+        return {**self.unet, **(load_unet_spec(SPECS_DIR / self.unet_spec) if self.unet_spec else {})}
 
     @property
     def vae_scale_factor(self) -> int:
@@ -102,6 +123,18 @@ ARCHITECTURES: dict[str, Architecture] = {
                       "projection_dim": 64, "num_hidden_layers": 3, "num_attention_heads": 4},
     ),
 }
+# The sampler a step-distilled student runs (``distill/steps.py``): DDIM, v-prediction, trailing timesteps.
+STUDENT_SCHEDULER = {**SD15_SCHEDULER, "_class_name": "DDIMScheduler", "prediction_type": "v_prediction",
+                     "timestep_spacing": "trailing"}
+# The student at SD1.5 scale and its tiny twin: slim UNet + guidance embedding (width 256, as
+# ``distill/steps.py``'s default) + TAESD-style decoder + the student's sampler.
+ARCHITECTURES["sd15-student"] = Architecture(
+    unet={**SD15_UNET, "time_cond_proj_dim": 256}, vae=SD15_VAE, text_encoder=SD15_TEXT,
+    scheduler=STUDENT_SCHEDULER, unet_spec="sd15-student.json", decoder="tiny")
+ARCHITECTURES["tiny-student"] = Architecture(
+    unet={**ARCHITECTURES["tiny"].unet, "time_cond_proj_dim": 32}, vae=ARCHITECTURES["tiny"].vae,
+    text_encoder=ARCHITECTURES["tiny"].text_encoder, scheduler=STUDENT_SCHEDULER, unet_spec="tiny-student.json",
+    decoder="tiny", tiny_decoder=(16, 1))
 
 
 def get_architecture(name: str) -> Architecture:
@@ -165,20 +198,25 @@ def load_unet_spec(path: str | Path) -> dict:
     return spec
 
 
-def build_pipeline(name: str, seed: int = 0, resolution: int | None = None, unet_overrides: dict | None = None):
+def build_pipeline(name: str, seed: int = 0, resolution: int | None = None, unet_overrides: dict | None = None,
+                   decoder: str | None = None):
     """A ``StableDiffusionPipeline`` of architecture ``name`` with seeded random weights (fp32, CPU).
 
     ``resolution`` (image side in pixels) overrides the architecture's native size; it must be a
     multiple of the VAE factor times the UNet's total downsampling. ``unet_overrides`` (from
-    :func:`load_unet_spec`) replaces UNet config values; ``resolution`` still sets the sample size."""
+    :func:`load_unet_spec`) replaces UNet config values (the architecture's spec's too); ``resolution`` still
+    sets the sample size. ``decoder`` (one of :data:`DECODERS`) replaces the architecture's decoder kind."""
     import diffusers
     import torch
     from diffusers import AutoencoderKL, StableDiffusionPipeline
     from transformers import CLIPTextConfig, CLIPTextModel
 
     arch = get_architecture(name)
+    decoder = decoder or arch.decoder
+    if decoder not in DECODERS:
+        raise choice_error("decoder", decoder, DECODERS)
     text_cfg = text_encoder_config(arch)
-    unet_cfg, vae_cfg = {**arch.unet, **(unet_overrides or {})}, dict(arch.vae)
+    unet_cfg, vae_cfg = {**arch.unet_config(), **(unet_overrides or {})}, dict(arch.vae)
     if resolution is not None:
         step = arch.vae_scale_factor * 2 ** (len(unet_cfg["block_out_channels"]) - 1)
         if isinstance(resolution, bool) or not isinstance(resolution, int) or resolution < step or resolution % step:
@@ -192,6 +230,8 @@ def build_pipeline(name: str, seed: int = 0, resolution: int | None = None, unet
         raise PocketdiffError(f"UNet config of {name!r} with overrides {unet_overrides} is invalid: {exc}") from None
     torch.manual_seed(seed + 1)
     vae = AutoencoderKL(**vae_cfg)
+    if decoder == "tiny":
+        vae = tiny_decoder_vae(vae, *arch.tiny_decoder)
     torch.manual_seed(seed + 2)
     text_encoder = CLIPTextModel(CLIPTextConfig(**text_cfg))
     entry = get_scheduler_entry(scheduler_name_for(arch.scheduler))

@@ -1,7 +1,8 @@
 """``pocketdiff bench compare A B [C ...]``: configurations side by side in one process, alternating.
 
-A side is ``pipeline=DIR``, ``bundle=DIR`` or ``arch=NAME[,spec=UNET_SPEC][,resolution=N][,decoder_width=W]``
-(a named architecture with random weights, built once and cached; ``decoder_width`` swaps in the
+A side is ``pipeline=DIR``, ``bundle=DIR`` or
+``arch=NAME[,spec=UNET_SPEC][,resolution=N][,decoder=kl|tiny][,decoder_width=W]`` (a named architecture with
+random weights, built once and cached; ``decoder`` replaces its decoder kind, ``decoder_width`` swaps in the
 channel-pruned VAE decoder), with optional ``backend=``, ``steps=``, ``guidance=`` and ``policy=``
 (another registered step policy on the same models), comma-separated::
 
@@ -70,7 +71,8 @@ SIDE_BACKENDS = {"pipeline": ("torch", "optimum"), "bundle": ("onnx", "executorc
 ARCH_BACKENDS = ("onnx", "executorch", "torch", "optimum")
 BACKEND_LABELS = {"torch": "diffusers eager fp32", "optimum": "optimum ORT", "onnx": "pocketdiff onnxruntime",
                   "executorch": "pocketdiff ExecuTorch"}
-KEYS = ("pipeline", "bundle", "arch", "spec", "resolution", "decoder_width", "backend", "steps", "guidance", "policy")
+ARCH_KEYS = ("spec", "resolution", "decoder", "decoder_width")  # only with arch=
+KEYS = ("pipeline", "bundle", "arch", *ARCH_KEYS, "backend", "steps", "guidance", "policy")
 TRACE_PROMPTS = ("a small red circle in the top left on a grey background", "a blue square left of a yellow ring",
                  "a large green triangle in the center on a black background", "a white cross above a purple ring")
 
@@ -124,9 +126,8 @@ def parse_side(text: str, trusted_key=None) -> Side:
     unknown = set(fields) - set(KEYS)
     if unknown:
         raise choice_error("bench compare key", sorted(unknown)[0], KEYS)
-    if kinds[0] != "arch" and {"spec", "resolution", "decoder_width"} & set(fields):
-        raise PocketdiffError(f"bench compare side {text!r}: spec=, resolution= and decoder_width= go with "
-                              "arch=NAME only")
+    if kinds[0] != "arch" and set(ARCH_KEYS) & set(fields):
+        raise PocketdiffError(f"bench compare side {text!r}: {'=, '.join(ARCH_KEYS)}= go with arch=NAME only")
     if kinds[0] == "arch":
         fields = _resolve_arch(text, fields)
         kinds = [k for k in SIDE_BACKENDS if k in fields]
@@ -170,8 +171,8 @@ def _resolve_arch(text: str, fields: dict[str, str]) -> dict[str, str]:
     except ValueError as exc:
         raise PocketdiffError(f"bench compare side {text!r}: {exc}") from None
     source, pipe_dir = arch_sources(fields["arch"], "torch" if backend == "optimum" else backend, resolution,
-                                    unet_spec=fields.get("spec"), decoder_width=width)
-    rest = {k: v for k, v in fields.items() if k not in ("arch", "spec", "resolution", "decoder_width")}
+                                    unet_spec=fields.get("spec"), decoder_width=width, decoder=fields.get("decoder"))
+    rest = {k: v for k, v in fields.items() if k not in ("arch", *ARCH_KEYS)}
     kind = "pipeline" if backend in SIDE_BACKENDS["pipeline"] else "bundle"
     return {**rest, "backend": backend, kind: str(pipe_dir if kind == "pipeline" else source)}
 

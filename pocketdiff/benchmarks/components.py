@@ -21,11 +21,11 @@ import sys
 import time
 from pathlib import Path
 
-from pocketdiff.architectures.decoder import prune_decoder
-from pocketdiff.architectures.factory import build_pipeline, get_architecture, load_unet_spec, unet_class
+from pocketdiff.architectures.decoder import PrunedDecoderAutoencoderKL, prune_decoder
+from pocketdiff.architectures.factory import DECODERS, SPECS_DIR, build_pipeline, get_architecture, load_unet_spec, unet_class
 from pocketdiff.benchmarks.flops import count_flops
 from pocketdiff.benchmarks.latency import machine_info
-from pocketdiff.benchmarks.session_worker import peak_rss_mb, time_component
+from pocketdiff.benchmarks.session_worker import time_component
 from pocketdiff.errors import PocketdiffError, choice_error
 from pocketdiff.export.bundle import ExportConfig, write_bundle
 from pocketdiff.export.components import component_specs
@@ -98,19 +98,27 @@ def _torch_worker(source: str, role: str, batch: int, threads: int, warmup: int,
     return time_component(load, warmup, repeat)
 
 
+def vae_class(config: dict):
+    """The VAE class a pipeline's ``vae/config.json`` names: the TAESD-style ``AutoencoderTiny``, the pruned-decoder
+    ``PrunedDecoderAutoencoderKL``, else ``AutoencoderKL``."""
+    from diffusers import AutoencoderKL, AutoencoderTiny
+
+    return {"AutoencoderTiny": AutoencoderTiny, "PrunedDecoderAutoencoderKL": PrunedDecoderAutoencoderKL}.get(
+        config.get("_class_name"), AutoencoderKL)
+
+
 def meta_pipeline(pipeline_dir: str | Path):
     """The pipeline's three models built from its configs on the meta device (no weights, no memory),
     for FLOP counting."""
     from types import SimpleNamespace
 
     import torch
-    from diffusers import AutoencoderKL
     from transformers import CLIPTextConfig, CLIPTextModel
 
     info = inspect_pipeline(pipeline_dir)
     with torch.device("meta"):
         return SimpleNamespace(unet=unet_class(info.unet_config).from_config(info.unet_config).eval(),
-                               vae=AutoencoderKL.from_config(info.vae_config).eval(),
+                               vae=vae_class(info.vae_config).from_config(info.vae_config).eval(),
                                text_encoder=CLIPTextModel(CLIPTextConfig(**info.text_encoder_config)).eval())
 
 
@@ -125,40 +133,53 @@ def component_flops(pipe, role: str, batch: int) -> dict:
 
 
 def arch_sources(arch: str, backend: str, resolution: int | None, cache_dir: str | Path = "build/bench",
-                 unet_spec: str | Path | None = None, decoder_width: float | None = None) -> tuple[Path, Path]:
+                 unet_spec: str | Path | None = None, decoder_width: float | None = None,
+                 decoder: str | None = None, quantize: str | None = None) -> tuple[Path, Path]:
     """(benchmark source, pipeline folder) for a named architecture with random weights.
 
     The pipeline (and, for onnx/executorch, its bundle) is built once under ``cache_dir`` and
     reused; weights do not change latency, FLOPs or memory. ``unet_spec`` is a JSON file of UNet
     config overrides (``architectures.factory.load_unet_spec``); its content names the cache folder.
     ``decoder_width`` swaps in the channel-pruned VAE decoder at that width
-    (``architectures.decoder.prune_decoder``).
+    (``architectures.decoder.prune_decoder``; it prunes the KL decoder, so it implies ``decoder="kl"``);
+    ``decoder`` (``architectures.factory.DECODERS``) replaces the architecture's decoder kind. ``quantize``
+    exports the bundle quantised (``export.bundle.ExportConfig.quantize``).
     """
     a = get_architecture(arch)
     overrides = load_unet_spec(unet_spec) if unet_spec else None
+    pruned = decoder_width is not None and decoder_width != 1.0
+    if pruned and decoder not in (None, "kl"):
+        raise PocketdiffError(f"decoder_width prunes the KL decoder; it cannot go with decoder={decoder!r}")
+    decoder = "kl" if pruned else (decoder or a.decoder)
+    if decoder not in DECODERS:
+        raise choice_error("decoder", decoder, DECODERS)
     resolution = resolution or a.image_size
     cache = Path(cache_dir)
     name = f"{arch}-{resolution}"
-    if overrides:
-        name += "-unet" + hashlib.sha256(json.dumps(overrides, sort_keys=True).encode()).hexdigest()[:8]
-    if decoder_width is not None and decoder_width != 1.0:
+    if overrides or a.unet_spec:  # the spec's content names the folder: an edited spec is a new build
+        spec = {**(load_unet_spec(SPECS_DIR / a.unet_spec) if a.unet_spec else {}), **(overrides or {})}
+        name += "-unet" + hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:8]
+    if pruned:
         name += f"-dec{decoder_width:g}"
+    elif decoder != a.decoder:
+        name += f"-{decoder}"
     pipe_dir = cache / name
     if not pipe_dir.is_dir():
-        pipe = build_pipeline(arch, seed=0, resolution=resolution, unet_overrides=overrides)
-        if decoder_width is not None and decoder_width != 1.0:
+        pipe = build_pipeline(arch, seed=0, resolution=resolution, unet_overrides=overrides, decoder=decoder)
+        if pruned:
             from diffusers import StableDiffusionPipeline
 
             pipe = StableDiffusionPipeline(**{**pipe.components, "vae": prune_decoder(pipe.vae, decoder_width)},
                                            requires_safety_checker=False)
         write_pipeline(pipe, pipe_dir, [StageRecord("create", {"arch": arch, "seed": 0, "resolution": resolution,
                                                                "unet_overrides": overrides,
-                                                               "decoder_width": decoder_width})])
+                                                               "decoder_width": decoder_width,
+                                                               "decoder": decoder})])
     if backend == "torch":
         return pipe_dir, pipe_dir
-    bundle = cache / f"{name}-{backend}"
+    bundle = cache / f"{name}-{backend}" if quantize is None else cache / f"{name}-{backend}-{quantize}"
     if not bundle.is_dir():
-        write_bundle(pipe_dir, bundle, ExportConfig(targets=(backend,)))
+        write_bundle(pipe_dir, bundle, ExportConfig(targets=(backend,), quantize=quantize))
     return bundle, pipe_dir
 
 
