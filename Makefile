@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 QUIET_PIP := { grep -v "^WARNING: Location '.*' is ignored" || true; }
 DEMO := build/demo
 
-.PHONY: venv test test-slow test-ports ports-deps ports-table demo regress-demo toy-full teacher baseline export-bench bench-sd15 slim-toy bench-slim-sd15 decoder-toy bench-decoder-sd15 steps-toy ddsm-toy ddsm-sd15 clockwork-toy clockwork-sd15 adadiff-toy adadiff-sd15 budget-toy clean
+.PHONY: venv test test-slow test-ports ports-deps ports-table demo regress-demo toy-full teacher baseline export-bench bench-sd15 sd15-student-spec phone-projection slim-toy bench-slim-sd15 decoder-toy bench-decoder-sd15 steps-toy ddsm-toy ddsm-sd15 clockwork-toy clockwork-sd15 adadiff-toy adadiff-sd15 budget-toy clean
 
 venv: $(STAMP)
 
@@ -113,6 +113,20 @@ SD15_SPEC := pocketdiff/architectures/specs/sd15-snapfusion.json
 bench-slim-sd15: venv
 	$(BIN)/pocketdiff bench compare arch=sd15,steps=50 arch=sd15,spec=$(SD15_SPEC),steps=50 --components unet \
 		--threads 2 --repeat 5 --json docs/sd15_slim_benchmark.json --html docs/sd15_slim_benchmark.html
+
+# The SD1.5 student's UNet spec (architecture sd15-student): SD1.5's batch-1 per-block onnxruntime latency table
+# (random weights, 512²; ~15 min), then the shipped spec evolved on it, guided by the toy's redundancy findings
+# (docs/efficient_unet_toy.json) -> pocketdiff/architectures/specs/sd15-student.json, docs/sd15_student_spec.json.
+SD15_TABLE := benchmarks/latency_tables/sd15-onnx-cpu-2t-b1.json
+sd15-student-spec: venv
+	$(BIN)/pocketdiff bench blocks --arch sd15 --backend onnx --threads 2 --batch 1 --warmup 1 --repeat 5 \
+		--out $(SD15_TABLE) --no-progress
+	$(BIN)/python scripts/sd15_student_spec.py --table $(SD15_TABLE)
+
+# Phone latency projection (docs/phone_projection.md/.json): the roofline model calibrated on published phone
+# figures, its leave-one-out error, and SD1.5 and the student projected per device (~30 s; no phone needed).
+phone-projection: venv
+	$(BIN)/python scripts/phone_projection.py
 
 # Efficient decoder on the toy teacher (issue 7): a 0.5-width pruned decoder and TAESD-style decoders, each
 # distilled on the teacher's own latents (cached once per cache folder: 2000 generations, or 8000 for the last),
