@@ -4,9 +4,7 @@
 
 Calibrates `pocketdiff bench project`'s roofline model on the published figures
 (pocketdiff/benchmarks/phone_figures.json) once, then projects SD1.5 (50 and 8 CFG steps) and the student
-(8 guidance-embedded steps, at w8a16 and fp16) on every device profile. The student is the ``sd15-student``
-architecture when the factory has it; otherwise SD1.5 with the shipped slim UNet spec and a guidance
-embedding, with SD1.5's KL decoder (the page says which).
+(8 guidance-embedded steps, at w8a16 and fp16) on every device profile. The student is the ``sd15-student`` architecture.
 """
 
 from __future__ import annotations
@@ -16,23 +14,17 @@ import json
 import logging
 from pathlib import Path
 
-from pocketdiff.architectures.factory import ARCHITECTURES
 from pocketdiff.benchmarks.projection import calibrate, project_arch
 
 log = logging.getLogger("phone_projection")
 ROOT = Path(__file__).parents[1]
-SLIM_SPEC = ROOT / "pocketdiff/architectures/specs/sd15-snapfusion.json"
 PROJECTIONS = ("sd15_50", "sd15_8", "student_w8a16", "student_fp16")
 CLASS_NAMES = {"qualcomm-hexagon": "Qualcomm Hexagon NPU", "apple-ane": "Apple Neural Engine"}
 
 
 def _student() -> tuple[dict, str]:
-    if "sd15-student" in ARCHITECTURES:
-        return {"arch": "sd15-student"}, "`sd15-student` (architectures/factory.py)"
-    return ({"arch": "sd15", "unet_spec": str(SLIM_SPEC.relative_to(ROOT)), "unet_overrides": {"time_cond_proj_dim": 256}},
-            "`sd15` with `--unet-spec pocketdiff/architectures/specs/sd15-snapfusion.json` and a guidance embedding "
-            "(`time_cond_proj_dim` 256); `sd15-student` did not exist when this page was generated, so the decoder "
-            "here is SD1.5's KL decoder, not the TAESD-style one")
+    return {"arch": "sd15-student"}, ("`sd15-student` (architectures/factory.py: the UNet of "
+                                      "`specs/sd15-student.json` with a guidance embedding, the TAESD-style decoder)")
 
 
 def _source_link(src: dict) -> str:
