@@ -9,7 +9,7 @@ STAMP := $(VENV)/.installed-stamp
 QUIET_PIP := { grep -v "^WARNING: Location '.*' is ignored" || true; }
 DEMO := build/demo
 
-.PHONY: venv test test-slow test-ports ports-deps ports-table demo regress-demo toy-full teacher baseline export-bench bench-sd15 sd15-student-spec phone-projection slim-toy bench-slim-sd15 decoder-toy bench-decoder-sd15 steps-toy ddsm-toy ddsm-sd15 clockwork-toy clockwork-sd15 adadiff-toy adadiff-sd15 budget-toy clean
+.PHONY: venv test test-slow test-ports ports-deps ports-table demo regress-demo toy-full teacher baseline export-bench bench-sd15 sd15-student-spec phone-projection slim-toy bench-slim-sd15 decoder-toy bench-decoder-sd15 steps-toy ddsm-toy ddsm-sd15 clockwork-toy clockwork-sd15 adadiff-toy adadiff-sd15 budget-toy int8-toy clean
 
 venv: $(STAMP)
 
@@ -84,9 +84,11 @@ baseline: venv
 export-bench: venv
 	$(BIN)/python scripts/export_benchmark.py --threads 2
 
-# SD1.5 results page (docs/sd15_benchmark.md/.json/.html): torch, onnxruntime, ExecuTorch per component, and
-# diffusers/optimum/ours side by side at 512². Builds its models once under build/bench (~25 min the first time,
-# ~15 GB peak RSS); then about 40 min of measuring on 2 cores.
+# SD1.5 results page (docs/sd15_benchmark.md/.json/.html): SD1.5 at 50 CFG steps (diffusers, optimum, ours) against
+# the student architecture (arch=sd15-student) at 8 steps on onnxruntime and ExecuTorch, fp32 then int8, end to end
+# from the call traces; per component, peak memory of one image, int8 parity, the phone projection. Builds its models
+# once under build/bench (~1 h the first time, ~15 GB peak RSS), then about an hour of measuring on 2 cores;
+# resumable (build/bench/sd15_record.json).
 bench-sd15: venv
 	$(BIN)/python scripts/sd15_benchmark.py --threads 2
 
@@ -216,6 +218,12 @@ adadiff-sd15: venv
 # prompts, runtime timing and bench -> docs/budget_toy.md. Cached under build/budget.
 budget-toy: venv
 	$(BIN)/python scripts/budget_toy.py
+
+# int8 on the shipped toy student (issue 27): its ONNX bundle quantised to static QDQ int8, calibrated on the student's
+# own activations (32 toy-world prompts), against fp32 on 1000 toy-val prompts (FID, CLIP, attribute accuracy) and
+# per-component PSNR -> docs/int8_toy.md. Cached under build/int8_toy; about 10 min on 2 cores.
+int8-toy: venv
+	$(BIN)/python scripts/int8_toy.py
 
 clean:
 	rm -rf build .pytest_cache

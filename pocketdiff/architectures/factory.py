@@ -87,6 +87,7 @@ class Architecture:
     unet_spec: str | None = None
     decoder: str = "kl"
     tiny_decoder: tuple[int, int] = (64, 3)  # TAESD's decoder: 64 channels, 3 blocks per stage
+    steps: int = 25  # the steps its bundles pin (a distilled student's: 8)
 
     def unet_config(self) -> dict:
         return {**self.unet, **(load_unet_spec(SPECS_DIR / self.unet_spec) if self.unet_spec else {})}
@@ -130,11 +131,11 @@ STUDENT_SCHEDULER = {**SD15_SCHEDULER, "_class_name": "DDIMScheduler", "predicti
 # ``distill/steps.py``'s default) + TAESD-style decoder + the student's sampler.
 ARCHITECTURES["sd15-student"] = Architecture(
     unet={**SD15_UNET, "time_cond_proj_dim": 256}, vae=SD15_VAE, text_encoder=SD15_TEXT,
-    scheduler=STUDENT_SCHEDULER, unet_spec="sd15-student.json", decoder="tiny")
+    scheduler=STUDENT_SCHEDULER, unet_spec="sd15-student.json", decoder="tiny", steps=8)
 ARCHITECTURES["tiny-student"] = Architecture(
     unet={**ARCHITECTURES["tiny"].unet, "time_cond_proj_dim": 32}, vae=ARCHITECTURES["tiny"].vae,
     text_encoder=ARCHITECTURES["tiny"].text_encoder, scheduler=STUDENT_SCHEDULER, unet_spec="tiny-student.json",
-    decoder="tiny", tiny_decoder=(16, 1))
+    decoder="tiny", tiny_decoder=(16, 1), steps=8)
 
 
 def get_architecture(name: str) -> Architecture:

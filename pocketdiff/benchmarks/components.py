@@ -134,7 +134,8 @@ def component_flops(pipe, role: str, batch: int) -> dict:
 
 def arch_sources(arch: str, backend: str, resolution: int | None, cache_dir: str | Path = "build/bench",
                  unet_spec: str | Path | None = None, decoder_width: float | None = None,
-                 decoder: str | None = None, quantize: str | None = None) -> tuple[Path, Path]:
+                 decoder: str | None = None, quantize: str | None = None, calibration: int = 0
+                 ) -> tuple[Path, Path]:
     """(benchmark source, pipeline folder) for a named architecture with random weights.
 
     The pipeline (and, for onnx/executorch, its bundle) is built once under ``cache_dir`` and
@@ -143,7 +144,8 @@ def arch_sources(arch: str, backend: str, resolution: int | None, cache_dir: str
     ``decoder_width`` swaps in the channel-pruned VAE decoder at that width
     (``architectures.decoder.prune_decoder``; it prunes the KL decoder, so it implies ``decoder="kl"``);
     ``decoder`` (``architectures.factory.DECODERS``) replaces the architecture's decoder kind. ``quantize``
-    exports the bundle quantised (``export.bundle.ExportConfig.quantize``).
+    exports the bundle quantised (``export.bundle.ExportConfig.quantize``), its activations calibrated on
+    ``calibration`` prompts when > 0 (``ExportConfig.calibration``).
     """
     a = get_architecture(arch)
     overrides = load_unet_spec(unet_spec) if unet_spec else None
@@ -177,9 +179,12 @@ def arch_sources(arch: str, backend: str, resolution: int | None, cache_dir: str
                                                                "decoder": decoder})])
     if backend == "torch":
         return pipe_dir, pipe_dir
-    bundle = cache / f"{name}-{backend}" if quantize is None else cache / f"{name}-{backend}-{quantize}"
+    bundle = cache / f"{name}-{backend}"
+    if quantize is not None:
+        bundle = bundle.with_name(f"{bundle.name}-{quantize}" + (f"-cal{calibration}" if calibration else ""))
     if not bundle.is_dir():
-        write_bundle(pipe_dir, bundle, ExportConfig(targets=(backend,), quantize=quantize))
+        write_bundle(pipe_dir, bundle, ExportConfig(targets=(backend,), quantize=quantize, steps=a.steps,
+                                                    calibration=calibration))
     return bundle, pipe_dir
 
 

@@ -14,7 +14,8 @@ The exporter is ``torch.onnx.export(dynamo=True)``; batch is dynamic (1 without 
 CFG). Models over 2 GB keep their weights in one external-data file beside ``model.onnx``.
 
 Precision fp16 converts the fp32 graph with onnxruntime's ``convert_float_to_float16`` keeping
-float32 inputs and outputs; ``int8`` quantises weights with ``onnxruntime.quantization.quantize_dynamic``.
+float32 inputs and outputs; ``int8`` is onnxruntime's quantisation (``export/quantize.py``): static QDQ calibrated on
+recorded activations when the export has a calibration, else dynamic (weights only).
 """
 
 from __future__ import annotations
@@ -29,12 +30,12 @@ import torch
 
 from pocketdiff.export.components import ComponentSpec, component_record, component_specs
 from pocketdiff.export.parity import component_parity, parity_level
+from pocketdiff.export.quantize import EXTERNAL_DATA_BYTES, Calibration, quantize_onnx
 from pocketdiff.export.roles import ROLES
 from pocketdiff.pipedir import atomic_output_dir, inspect_pipeline, load_pipeline
 from pocketdiff.runtime.sessions import OnnxSession
 
 log = logging.getLogger(__name__)
-EXTERNAL_DATA_BYTES = 2 * 1024**3
 PRECISIONS = ("fp32", "fp16")
 QUANTIZATIONS = ("int8",)
 
@@ -155,27 +156,11 @@ def convert_fp16(path: Path) -> None:
     _save(model16, path)
 
 
-def quantize_int8(path: Path) -> None:
-    """Quantise ``model.onnx``'s weights to int8 in place (dynamic quantisation, activations stay float)."""
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    model = onnx.load(str(path))
-    large = model.ByteSize() > EXTERNAL_DATA_BYTES
-    del model.graph.value_info[:]  # dynamo's recorded shapes trip the quantiser's shape inference
-    plain = path.with_name("fp32_for_quant.onnx")
-    onnx.save(model, str(plain), save_as_external_data=large, location="fp32_for_quant.onnx_data")
-    del model
-    try:
-        quantize_dynamic(plain, path, weight_type=QuantType.QInt8, use_external_data_format=large)
-    finally:
-        for f in path.parent.glob("fp32_for_quant.onnx*"):
-            f.unlink()
-
-
-def export_onnx_target(pipe, info, folder: Path, precision: str, quantization: str | None, progress=None
-                       ) -> list[dict]:
+def export_onnx_target(pipe, info, folder: Path, precision: str, quantization: str | None, progress=None,
+                       calibration: Calibration | None = None) -> list[dict]:
     """Write the bundle's ``onnx/`` folder component by component, each checked for parity right after its export
-(a parity failure stops at the first bad component, not after them all); return manifest records."""
+(a parity failure stops at the first bad component, not after them all); return manifest records. ``int8`` is
+static for the roles ``calibration`` recorded (``export/quantize.py``), dynamic for the rest."""
     records = []
     for spec in component_specs(pipe):
         log.info("exporting %s to ONNX", spec.name)
@@ -185,16 +170,20 @@ def export_onnx_target(pipe, info, folder: Path, precision: str, quantization: s
         path = export_component(spec, folder)
         if precision == "fp16":
             convert_fp16(path)
-        if quantization == "int8":
-            quantize_int8(path)
+        quant = quantize_onnx(path, spec.name, calibration) if quantization == "int8" else None
         session = OnnxSession(path)
         level = parity_level(precision, quantization)
-        parity = {b: component_parity(pipe, spec.name, session.run, level, b) for b in (1, 2)}
+        if quant and "calibration" in quant:  # calibrated: checked on the held-out generation's feeds
+            batch, feeds = calibration.parity_feeds(spec.name)
+            parity = {batch: component_parity(pipe, spec.name, session.run, level, batch, feeds)}
+        else:
+            parity = {b: component_parity(pipe, spec.name, session.run, level, b) for b in (1, 2)}
         opset = _opset(onnx.load(str(path), load_external_data=False))
         records.append(component_record(
             spec.name, "onnx", f"{folder.name}/{rel}", precision, quantization,
             [i.to_dict() for i in session.inputs], [o.to_dict() for o in session.outputs],
             {f"batch{b}": r for b, r in parity.items()},
-            {"opset": opset, "exporter": "torch.onnx.export(dynamo=True)", "layout": "optimum"}))
+            {"opset": opset, "exporter": "torch.onnx.export(dynamo=True)", "layout": "optimum",
+             **({"quantization": quant} if quant else {})}))
     _write_configs(pipe, info, folder)
     return records

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Sequence
 
 import numpy as np
 
@@ -79,15 +80,20 @@ def check_parity(name: str, reference: np.ndarray, candidate: np.ndarray, precis
     return result
 
 
-def component_parity(pipe, role: str, run, level: str, batch: int) -> dict[str, dict]:
+def component_parity(pipe, role: str, run, level: str, batch: int, feeds: Sequence[dict] | None = None
+                     ) -> dict[str, dict]:
     """The one parity check every target uses.
 
     Runs ``role``'s PyTorch fp32 wrapper (``export/components.py``) and the exported candidate
     ``run(feeds) -> {output name: array}`` on the same fixed inputs at ``batch``, and checks every
-    output at thresholds ``level``. Raises :class:`ParityError`; returns the results for the manifest.
+    output at thresholds ``level``. ``feeds`` (input dicts at ``batch``) replace the fixed inputs, every output
+    then compared over all of them at once: a calibrated int8 component is checked on a held-out generation's
+    real feeds (``export/quantize.py``), the ranges it was calibrated for. Raises :class:`ParityError`; returns the
+    results for the manifest.
     """
-    feeds = parity_inputs(pipe, role, batch)
-    want = torch_reference(pipe, role, feeds)
-    got = run(feeds)
-    return {name: {**check_parity(f"{role}.{name}", ref, got[name], level).to_dict(), "batch": batch}
-            for name, ref in want.items()}
+    cases = list(feeds) if feeds is not None else [parity_inputs(pipe, role, batch)]
+    want = [torch_reference(pipe, role, f) for f in cases]
+    got = [run(f) for f in cases]
+    return {name: {**check_parity(f"{role}.{name}", np.stack([w[name] for w in want]),
+                                  np.stack([np.asarray(g[name]) for g in got]), level).to_dict(), "batch": batch}
+            for name in want[0]}
