@@ -172,7 +172,8 @@ def main(argv=None) -> int:
     if args.no_baselines:
         todo.sides.pop("compare")
         if "compare" not in record and args.reuse_teacher:  # shown as the earlier run it is
-            record["compare_earlier"] = json.loads(Path(args.reuse_teacher).read_text())["compare"]
+            old = json.loads(Path(args.reuse_teacher).read_text())
+            record["compare_earlier"] = {**old["compare"], "date": old["date"]}
     for section, sides_plan in todo.sides.items():
         for src in tqdm(todo.bench[section], desc=f"bench per component ({section})"):
             if src.key in bench:  # each model set is built once and cached under build/bench

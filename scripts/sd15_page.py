@@ -48,11 +48,13 @@ def _row(cmp_: dict, n: str, run: str, headline: bool) -> str:
 
 def headline(record: dict) -> list[str]:
     lines = ["## End to end: SD1.5 at 50 CFG steps against the student at 8 steps", "",
-             "Two `bench compare --pairwise` runs (below). In the first, A is SD1.5 on pocketdiff's onnxruntime "
-             "bundle and the other sides are the student, fp32 and int8, on onnxruntime and ExecuTorch: the targets' "
-             "ratios. In the second, A is diffusers eager and the other sides are SD1.5 on pocketdiff's onnxruntime, "
-             "optimum and the student fp32 (two SD1.5 onnxruntime UNets in one pair, ours and optimum's, ran out of "
-             "this machine's 24 GB, so SD1.5 on onnxruntime cannot be A there). Every other side alternates call by "
+             ("Two `bench compare --pairwise` runs (below). In the first, A is SD1.5 on pocketdiff's onnxruntime "
+              "bundle and the other sides are the student: the targets' ratios. In the second, A is diffusers eager "
+              "and the other sides are SD1.5 on pocketdiff's onnxruntime, optimum and the student fp32 (two SD1.5 "
+              "onnxruntime UNets in one pair, ours and optimum's, ran out of this machine's 24 GB, so SD1.5 on "
+              "onnxruntime cannot be A there). " if "compare" in record else
+              "One `bench compare --pairwise` run (below): A is SD1.5 on pocketdiff's onnxruntime bundle and the other "
+              "sides are the student, fp32 and int8. ") + "Every other side alternates call by "
              "call with A, one pair loaded at a time, so each ratio comes from its own pair. A side's end to end is the sum over the calls of its call "
              "trace (a dry run of the runtime's sampler loop with the side's policy, steps and guidance) of its own "
              "measured median per (component, batch). SD1.5 runs PNDM (PLMS), whose 50 steps are 51 UNet calls "
@@ -70,7 +72,31 @@ def headline(record: dict) -> list[str]:
         lines += ["", f"Same backend on ExecuTorch: the student ({st}) is {e[et]['e2e_ms'] / e[st]['e2e_ms']:.1f}× faster "
                       f"than SD1.5 on ExecuTorch ({et}); that ratio crosses pairs (each side was timed against A), so "
                       "machine drift between pairs enters it."]
-    return lines + [""] + requirement(record) + earlier(record)
+    return lines + [""] + requirement(record) + unpaired(record) + earlier(record)
+
+
+def unpaired(record: dict) -> list[str]:
+    """Student model sets benchmarked per component but in no pair of this run: end to end composed from their
+    per-component medians with the student side's trace, against this run's A (not a pair: more drift)."""
+    cmp_ = record[HEADLINE]
+    paired = set(cmp_["side_sources"].values()) | set((record.get("compare") or {}).get("side_sources", {}).values())
+    student = next((n for n in cmp_["sides"] if _side_key(cmp_, n) == "sd15-student/onnx"), None)
+    if student is None:
+        return []
+    calls = cmp_["end_to_end"][student]["calls"]
+    a = cmp_["end_to_end"]["A"]["e2e_ms"]
+    lines = []
+    for key, res in record["bench"].items():
+        if not key.startswith("sd15-student") or key in paired:
+            continue
+        med = {f"{r['component']}@{r['batch']}": r["median_ms"] for r in res["components"]}
+        if all(c in med for c in calls):
+            e2e = sum(med[c] * k for c, k in calls.items())
+            lines.append(f"- {LABELS.get(key, key)}: {e2e / 1000:.1f} s end to end from its per-component medians "
+                         f"(same calls), {a / e2e:.1f}× less than this run's A; not a pair, so drift between the two "
+                         "measurements enters the ratio.")
+    return (["Model sets in no pair of this run (`--short`), composed from the per-component table:", ""] + lines + [""]
+            if lines else [])
 
 
 def earlier(record: dict) -> list[str]:
@@ -81,7 +107,7 @@ def earlier(record: dict) -> list[str]:
     e = cmp_["end_to_end"]
     lines = ["### SD1.5's baselines (the previous record's run)", "",
              "This run left out the pairs with diffusers as A (`--no-baselines`); the previous record's side-by-side "
-             f"run ({cmp_['machine'].get('date', 'dated in sd15_benchmark.json')}, same machine kind, A = diffusers "
+             f"run ({cmp_.get('date', 'dated in sd15_benchmark.json')}, same machine kind, A = diffusers "
              "eager) gives SD1.5's baselines against each other. Its end to end is the formula `text + 50 x UNet "
              "step + decoder` of that time (before traces; PNDM's 51st call not counted).", "",
              "| side | end to end s | speed-up vs A |", "|---|---|---|"]
@@ -101,7 +127,7 @@ def requirement(record: dict) -> list[str]:
     n = st[0]
     med = {(r["component"], r["batch"], s): r[s]["median_ms"] for r in cmp_["components"] for s in ("A", n) if s in r}
     other = med[("text_encoder", 1, n)] * e[n]["calls"]["text_encoder@1"] + med[("vae_decoder", 1, n)]
-    steps = e[n]["calls"]["unet@1"]
+    steps = int(e[n]["calls"]["unet@1"])
     need = (e["A"]["e2e_ms"] / TARGET_SPEEDUP - other) / steps
     have, sd15_b1 = med[("unet", 1, n)], med[("unet", 1, "A")]
     return [f"What {TARGET_SPEEDUP:g}× asks of the student's UNet, from this run's medians: SD1.5's end to end "
