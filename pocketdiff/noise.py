@@ -62,6 +62,9 @@ KNOWN = (
           "the text encoder returns two tensors on purpose; their names are checked after conversion"),
     Noise("logging:coremltools", r"Saving value type of int64 into a builtin type of int32",
           "shape constants; the converted packages are checked against their I/O spec"),
+    Noise("logging:root", r"Please consider (to run )?pre-processing before quantization",
+          "onnxruntime's quantiser suggests its shape-inference pre-pass; every int8 graph is checked for parity "
+          "(export/quantize.py)"),
     Noise("warnings:FutureWarning", r"`isinstance\(treespec, LeafSpec\)` is deprecated",
           "inside torch.export / ExecuTorch's lowering, not our code"),
     Noise("warnings:TracerWarning", r"Converting a tensor to a Python boolean might cause the trace to be incorrect",

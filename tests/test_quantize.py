@@ -31,7 +31,8 @@ PROMPTS, STEPS = 2, 3  # calibration prompts (one more is held out), DDIM steps 
 @pytest.fixture(scope="module")
 def calibration(tiny_pipe, tiny_pipeline_dir):
     info = inspect_pipeline(tiny_pipeline_dir)
-    runtime = torch_runtime(tiny_pipe, info.tokenizer_dir, get_scheduler_entry("ddim").config_for(info.scheduler_config))
+    ddim = get_scheduler_entry("ddim").config_for(info.scheduler_config)
+    runtime = torch_runtime(tiny_pipe, info.tokenizer_dir, ddim)
     return record_calibration(runtime, calibration_prompts(PROMPTS, seed=3), STEPS, guidance=7.5, seed=3)
 
 

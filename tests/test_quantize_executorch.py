@@ -1,9 +1,9 @@
 """ExecuTorch int8 through PT2E and XNNPACK's quantizer (export/quantize.py, export/executorch.py).
 
 ExecuTorch's lowering of a quantised graph is slow (the tiny UNet's alone takes minutes on 2 cores), so these tests
-run a micro pipeline: the tiny pipeline's text encoder and tokenizer with a one-level UNet (a cross-attention block, resnets,
-time embedding) and a TAESD-style decoder (conv + relu), calibrated by the pipeline's own sampler as the exporter
-does. The tiny UNet's int8 is tested on onnxruntime (tests/test_quantize.py)."""
+run a micro pipeline: the tiny pipeline's text encoder and tokenizer with a one-level UNet (a cross-attention block,
+resnets, the time embedding) and a TAESD-style decoder (conv + relu), calibrated by the pipeline's own sampler as the
+exporter does. The tiny UNet's int8 is tested on onnxruntime (tests/test_quantize.py)."""
 
 from __future__ import annotations
 

@@ -96,7 +96,7 @@ class ExportConfig:
     scheduler: str | None = None  # runtime scheduler name; default: the pipeline's
     calibration: int = 0  # int8: prompts to calibrate activations on (static int8); 0: onnx dynamic int8 (weights)
     calibration_seed: int = 0  # calibration prompt i is generated at seed + i (toy-world captions: drawn from it)
-    calibration_prompts: str = ""  # a text file, one calibration prompt a line; empty: toy-world captions
+    calibration_prompts: str = ""  # a file of calibration + 1 prompts, one a line (the last held out); empty: toy-world
 
     def validate(self) -> "ExportConfig":
         if not self.targets:

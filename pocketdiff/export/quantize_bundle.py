@@ -22,6 +22,7 @@ import logging
 import shutil
 from dataclasses import asdict
 from pathlib import Path
+from typing import Sequence
 
 import jsonschema
 import numpy as np
@@ -55,14 +56,20 @@ def _run_all(session: OnnxSession, cases: dict[int, list[dict]]) -> dict[int, di
 
 
 def quantize_onnx_bundle(src: str | Path, dst: str | Path, calibration: int, seed: int = 0, prompts_file: str = "",
-                         overwrite: bool = False, threads: int | None = None) -> Path:
-    """Write ``dst``: ``src``'s ONNX components quantised to int8 on ``calibration`` prompts (module docstring)."""
+                         overwrite: bool = False, threads: int | None = None, roles: Sequence[str] | None = None
+                         ) -> Path:
+    """Write ``dst``: ``src``'s ONNX components quantised to int8 on ``calibration`` prompts (module docstring);
+    ``roles`` (default: every ONNX component) limits the quantisation to those roles, the others stay fp32."""
     bundle = load_bundle(src)
     if isinstance(calibration, bool) or not isinstance(calibration, int) or calibration < 1:
         raise PocketdiffError(f"calibration must be a prompt count >= 1 to quantise a bundle, got {calibration!r}")
     components = [c for c in bundle.components if c.target == TARGET]
     if not components:
         raise PocketdiffError(f"bundle {src} has no {TARGET} components to quantise")
+    unknown = sorted(set(roles or ()) - {c.role for c in components})
+    if unknown:
+        raise PocketdiffError(f"bundle {src} has no {TARGET} component {unknown[0]!r} to quantise; it has: "
+                              f"{', '.join(c.role for c in components)}")
     done = next((c for c in components if c.quantization or c.precision != "fp32"), None)
     if done is not None:
         raise PocketdiffError(f"bundle {src} is not fp32: its {TARGET} {done.role} is {done.precision}"
@@ -83,6 +90,9 @@ def quantize_onnx_bundle(src: str | Path, dst: str | Path, calibration: int, see
                 shutil.copy2(bundle.file(entry["path"]), tmp / entry["path"])
         records = []
         for c in components:
+            if roles is not None and c.role not in roles:
+                records.append(asdict(c))
+                continue
             cases = _parity_cases(c.role, calib, dims)
             want = _run_all(OnnxSession(bundle.file(c.path), threads), cases)
             quant = quantize_onnx(tmp / c.path, c.role, calib)
@@ -97,6 +107,7 @@ def quantize_onnx_bundle(src: str | Path, dst: str | Path, calibration: int, see
                  for f in sorted(tmp.rglob("*")) if f.is_file() and f.name != MANIFEST]
         export = {**m.get("export", {}), "targets": [TARGET], "quantize": "int8", "calibration": calibration,
                   "calibration_seed": seed, "calibration_prompts": prompts_file,
+                  "quantized_roles": sorted(roles) if roles is not None else [c.role for c in components],
                   "quantized_from": {"bundle": Path(src).name, "manifest_sha256": sha256_file(bundle.path / MANIFEST)}}
         manifest = {**m, "export": export, "components": records, "files": files}
         jsonschema.validate(manifest, json.loads(SCHEMA.read_text()))
