@@ -173,11 +173,11 @@ def test_peak_rss_is_the_childs_own(tmp_path):
 
     import numpy as np
 
-    from pocketdiff.benchmarks.components import peak_rss_mb
+    from pocketdiff.benchmarks.session_worker import peak_rss_mb
 
     ballast = np.ones(2048 * 2**20 // 8)  # noqa: F841  (held while the child runs; a forked child starts at it)
     assert peak_rss_mb() > 2048
-    child = subprocess.run([sys.executable, "-c", "from pocketdiff.benchmarks.components import peak_rss_mb;"
+    child = subprocess.run([sys.executable, "-c", "from pocketdiff.benchmarks.session_worker import peak_rss_mb;"
                             "import sys; sys.stdout.write(str(peak_rss_mb()))"], capture_output=True, text=True)
     assert float(child.stdout) < 1500  # its own: the imports alone are ~500 MB
 
