@@ -15,8 +15,7 @@ The scheme per role (:func:`scheme_for`), recorded in each component's ``meta.qu
   - onnx (:func:`quantize_onnx_static`): QDQ from ``onnxruntime.quantization.quantize_static``. uint8
     activations, per tensor, with MinMax ranges over the samples; int8 weights per output channel. Only
     ``Conv``, ``MatMul`` and ``Gemm`` are quantised: norms, softmax and elementwise ops stay float (quantising the
-    residual adds and the SiLU products costs far more accuracy than it saves time), and so do the output layers
-    (:func:`output_layers`), whose error would land in the output unfiltered. The weights use the 7-bit
+    residual adds and the SiLU products costs far more accuracy than it saves time). The weights use the 7-bit
     range (``reduce_range``): onnxruntime's x86 uint8 x int8 kernels add pairs of products in int16, which
     saturates with full-range weights (the graph itself, run unfused, is as accurate either way).
   - executorch (:func:`pt2e_program`): PT2E with XNNPACK's quantizer, symmetric int8 (per-channel weights,
@@ -238,23 +237,6 @@ def calibrate_onnx(model_path: Path, samples: Sequence[Mapping[str, np.ndarray]]
     return ranges
 
 
-def output_layers(graph) -> list[str]:
-    """Names of the :data:`STATIC_OPS` nodes nearest each graph output (walking back through other ops): the output
-    layers (a UNet's ``conv_out``, a decoder's last conv), kept float because their error lands in the output as is."""
-    producer = {o: n for n in graph.node for o in n.output}
-    found, seen, stack = set(), set(), [o.name for o in graph.output]
-    while stack:
-        node = producer.get(stack.pop())
-        if node is None or node.name in seen:
-            continue
-        seen.add(node.name)
-        if node.op_type in STATIC_OPS:
-            found.add(node.name)
-        else:
-            stack.extend(node.input)
-    return sorted(found)
-
-
 def quantize_onnx_static(path: Path, samples: Sequence[Mapping[str, np.ndarray]]) -> dict:
     """Quantise ``model.onnx`` in place to QDQ int8 calibrated on ``samples`` (module docstring); returns
     the manifest's description of what was done."""
@@ -268,18 +250,16 @@ def quantize_onnx_static(path: Path, samples: Sequence[Mapping[str, np.ndarray]]
         cache = work / "ranges.json"
         save_tensors_data(ranges, cache)
         out = work / "int8.onnx"
-        keep = output_layers(onnx.load(str(plain), load_external_data=False).graph)
         with noise.native_stderr():
             quantize_static(plain, out, None, quant_format=QuantFormat.QDQ, op_types_to_quantize=list(STATIC_OPS),
                             per_channel=True, reduce_range=True, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8, nodes_to_exclude=keep, use_external_data_format=large,
+                            weight_type=QuantType.QInt8, use_external_data_format=large,
                             calibrate_method=CalibrationMethod.MinMax, calibration_cache_path=cache)
         _replace(path, out, large)
     return {"scheme": "qdq-static", "tool": "onnxruntime.quantization.quantize_static",
             "activations": "uint8 per tensor, asymmetric (MinMax over the calibration samples)",
             "weights": "int8 per output channel, symmetric, 7-bit range (reduce_range)",
             "ops": quantized_op_counts(path), "float_op_types": "every op type but Conv, MatMul, Gemm",
-            "float_nodes": keep,
             "calibrated_tensors": len(ranges.data)}
 
 
