@@ -139,18 +139,22 @@ def requirement(record: dict) -> list[str]:
 
 def per_component(record: dict) -> list[str]:
     s = record["settings"]
+    teacher = record[HEADLINE]["side_sources"]["A"].split("/")[0]
+    keys = sorted(record["bench"], key=lambda k: k.split("/")[0] != teacher)  # the teacher's rows first
+    reused = any(record["bench"][k].get("date") != record.get("date") for k in keys)
     lines = ["## Per component, each case in its own process", "",
              f"`bench_components` per model set: median (min-max) of {s['repeat']} calls after {s['warmup']} warm-up "
              "call(s); cold start = session creation (torch: loading the pipeline folder) + first call; peak RSS is "
              "the whole child process (Python and imports included). GMACs from the PyTorch module on the meta "
              "device (matrix ops). The student is `arch=sd15-student`: SD1.5's UNet slimmed by "
              "`architectures/specs/sd15-student.json` with a guidance embedding (`time_cond_proj_dim` 256), and the "
-             f"TAESD-style decoder (`AutoencoderTiny`, 64 channels) at {s['resolution']}². Rows dated before this "
-             "run were taken over from this page's previous record (`--reuse-teacher`): SD1.5's own components "
-             "did not change.", "",
+             f"TAESD-style decoder (`AutoencoderTiny`, 64 channels) at {s['resolution']}²."
+             + (" Rows dated before this run were taken over from this page's previous record (`--reuse-teacher`): "
+                "SD1.5's own components did not change." if reused else ""), "",
              "| model set | component | batch | median ms (min-max) | cold start s | peak RSS MB | params M | GMACs | "
              "measured |", "|---|---|---|---|---|---|---|---|---|"]
-    for key, res in record["bench"].items():
+    for key in keys:
+        res = record["bench"][key]
         for r in res["components"]:
             f = r.get("flops") or {}
             lines.append(f"| {LABELS.get(key, key)} | {r['component']} | {r['batch']} | {r['median_ms']:.0f} "
